@@ -1,0 +1,1 @@
+"""Step 2A: one caption per unique image (probe image or attention crop)."""

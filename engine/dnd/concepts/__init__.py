@@ -1,0 +1,1 @@
+"""Step 2B: candidate concepts from captions (LLM or offline extractive summarizer)."""

@@ -1,0 +1,1 @@
+"""Step 3: images generated for each unique candidate concept."""

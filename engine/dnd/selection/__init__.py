@@ -1,0 +1,1 @@
+"""Step 3: ranks, scoring functions, multiple labels and the CLIP embedder."""
