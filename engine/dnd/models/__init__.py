@@ -1,1 +1,1 @@
-"""models"""
+"""Target models (torchvision, timm, Hugging Face, python:module:callable) and layer hooks."""

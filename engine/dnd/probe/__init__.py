@@ -1,1 +1,1 @@
-"""probe"""
+"""Probing sets: image folders, ImageFolder trees, fsspec URIs and Parquet files of image bytes."""

@@ -1,1 +1,1 @@
-"""store"""
+"""Output layout, caches, manifest and fsspec/pyarrow I/O."""

@@ -1,0 +1,227 @@
+"""Ray Data stages of Step 1.
+
+* :func:`read_and_prepare` (tasks): read probe bytes, decode, resize/crop into the network's view.
+* :class:`ProbeActivations` (actor pool): one forward pass per batch, pooled activations of every
+  requested layer for the requested neurons.
+* :class:`AttentionCrops` (actor pool): for the top-K images only — recompute spatial maps, cut
+  attention crops for every neuron the image is top-K for, and score the crops with the same model.
+
+Each actor loads its model once in ``__init__``. Batches are dicts of numpy arrays/lists; nothing here
+holds more than one batch.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import numpy as np
+
+from dnd.probe.sources import execute_read, id_key, image_id, read_refs
+
+
+def _encode(image: Any, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG" if fmt == "png" else "JPEG", **({} if fmt == "png" else {"quality": 95}))
+    return buffer.getvalue()
+
+
+def read_and_prepare(tasks: dict[str, Any], input_spec: Any, preprocess: Any, storage_options: dict) -> dict[str, Any]:
+    """One read task → a batch of prepared probe images (``pixels``) with their ids and skip reasons."""
+    from dnd.models.preprocess import Preprocessor
+    from dnd.models.target import TargetModel
+    from dnd.probe.decode import UnreadableImage, decode_rgb
+
+    pre = Preprocessor(TargetModel(module=None, input_spec=input_spec, preprocess=preprocess))
+    rows: list[dict[str, Any]] = []
+    for i in range(len(tasks["kind"])):
+        task = {name: tasks[name][i] for name in tasks}
+        task["refs"] = list(task["refs"])
+        rows.extend(execute_read(task, storage_options))
+    ids, keys, refs, sources, errors, pixels = [], [], [], [], [], []
+    blank = None
+    for row in rows:
+        data, error, array = row["data"], row["error"], None
+        if data is not None and error is None:
+            try:
+                view, _ = pre.view(decode_rgb(data))
+                array = np.asarray(pre.tensor(view)) if pre.custom is not None else pre.pixels(view)
+            except UnreadableImage as exc:
+                error = str(exc)
+            except Exception as exc:  # a preprocess that fails on one image must not fail the run
+                error = f"preprocessing failed ({type(exc).__name__}: {exc})"
+        identifier = image_id(data) if data else ""
+        ids.append(identifier)
+        keys.append(id_key(identifier) if identifier else 0)
+        refs.append(row["ref"])
+        sources.append(row["source"])
+        errors.append(error or "")
+        pixels.append(array)
+    shapes = {a.shape for a in pixels if a is not None}
+    if len(shapes) > 1:
+        raise ValueError(f"preprocess produced differently shaped inputs {sorted(shapes)}; it must resize to one size")
+    if shapes:
+        blank = np.zeros(next(iter(shapes)), dtype=next(a for a in pixels if a is not None).dtype)
+    else:
+        blank = np.zeros((3, pre.input_size, pre.input_size), dtype=np.uint8)
+    return {
+        "image_id": np.array(ids, dtype=object),
+        "key": np.array(keys, dtype=np.uint64),
+        "ref": np.array(refs, dtype=object),
+        "source": np.array(sources, dtype=object),
+        "error": np.array(errors, dtype=object),
+        "pixels": np.stack([a if a is not None else blank for a in pixels]),
+    }
+
+
+class _TargetActor:
+    """Holds one copy of the target model and the recorder for the requested layers."""
+
+    def __init__(self, target_config: dict, layers: list[str], neurons: list[list[int]], summary: str):
+        from dnd.config import TargetConfig
+        from dnd.models.device import choose_device, set_cpu_threads
+        from dnd.models.preprocess import Preprocessor
+        from dnd.models.recorder import LayerRecorder
+        from dnd.models.target import build_target
+
+        config = TargetConfig.model_validate(target_config)
+        self.device = choose_device(config.device, config.num_gpus)
+        if self.device == "cpu":
+            set_cpu_threads(config.threads, config.pool_size)
+        self.target = build_target(config.model, config.weights, config.checkpoint, config.options)
+        self.target.module.to(self.device)
+        self.pre = Preprocessor(self.target)
+        self.layers = layers
+        self.recorder = LayerRecorder(self.target, layers)
+        self.summary = summary
+        import torch
+
+        self.neuron_index = [torch.as_tensor(n, dtype=torch.long, device=self.device) for n in neurons]
+
+    def _inputs(self, pixels: np.ndarray):
+        import torch
+
+        if pixels.dtype == np.uint8:
+            x = self.pre.normalise(pixels)
+        else:
+            x = torch.as_tensor(pixels).float()
+        return x.to(self.device)
+
+    def _record(self, pixels: np.ndarray) -> dict[str, Any]:
+        from dnd.models.recorder import neuron_maps
+
+        outputs = self.recorder(self._inputs(pixels))
+        return {name: neuron_maps(outputs[name], name) for name in self.layers}
+
+    def _pooled(self, maps: dict[str, Any]) -> dict[str, np.ndarray]:
+        from dnd.models.recorder import summarize
+
+        pooled = {}
+        for i, name in enumerate(self.layers):
+            values = summarize(maps[name], self.summary).index_select(1, self.neuron_index[i])
+            pooled[f"act_{i}"] = values.float().cpu().numpy()
+        return pooled
+
+
+class ProbeActivations(_TargetActor):
+    """Pass A: pooled activations of every probe image (skipped images carry NaN and their reason)."""
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        ok = np.array([not e for e in batch["error"]], dtype=bool)
+        out = {name: batch[name] for name in ("image_id", "key", "ref", "source", "error")}
+        n = len(ok)
+        for i, index in enumerate(self.neuron_index):
+            out[f"act_{i}"] = np.full((n, len(index)), np.nan, dtype=np.float32)
+        if ok.any():
+            pooled = self._pooled(self._record(batch["pixels"][ok]))
+            for name, values in pooled.items():
+                out[name][ok] = values
+        return out
+
+
+class AttentionCrops(_TargetActor):
+    """Pass B: attention crops of top-K images, scored by the same network.
+
+    A row's ``targets`` (JSON list of [layer index, neuron]) says for which neurons the image is in
+    the top-K; one forward pass gives the maps for all of them. Boxes shared by several neurons are
+    cropped and scored once.
+    """
+
+    def __init__(self, target_config: dict, layers: list[str], neurons: list[list[int]], summary: str,
+                 crop_options: dict, storage_options: dict, image_format: str = "png"):
+        super().__init__(target_config, layers, neurons, summary)
+        self.crop_options = crop_options
+        self.storage_options = storage_options
+        self.image_format = image_format
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        from dnd.cropping.attention import attention_boxes, crop_id
+        from dnd.probe.decode import UnreadableImage, decode_rgb
+
+        rows: list[dict[str, Any]] = []
+        crops: list[tuple[Any, dict[str, Any]]] = []
+        datas = read_refs(list(batch["ref"]), self.storage_options)
+        decoded = []
+        for parent, ref, data in zip(batch["image_id"], batch["ref"], datas):
+            error = ""
+            image = None
+            if data is None:
+                error = "probe image could not be read again for cropping"
+            else:
+                try:
+                    image = decode_rgb(data)
+                except UnreadableImage as exc:
+                    error = str(exc)
+            rows.append({"kind": "probe", "image_id": parent, "parent_id": "", "box": [0, 0, 0, 0],
+                         "data": data or b"", "error": error, "made_for": "",
+                         "width": image.size[0] if image else 0, "height": image.size[1] if image else 0})
+            decoded.append(image)
+        if self.crop_options["max_crops"] > 0:
+            views = [(i, self.pre.view(img)) for i, img in enumerate(decoded) if img is not None]
+            if views:
+                pixels = self._stack([self._array(view) for _, (view, _) in views])
+                maps = self._record(pixels)
+                for position, (i, (_, region)) in enumerate(views):
+                    image = decoded[i]
+                    parent = batch["image_id"][i]
+                    by_box: dict[tuple, list] = {}
+                    for layer_index, neuron in json.loads(batch["targets"][i]):
+                        layer_maps = maps[self.layers[layer_index]]
+                        if layer_maps.dim() != 4:
+                            continue  # linear layers have no spatial map, hence no crops
+                        grid = layer_maps[position, neuron].float().cpu().numpy()
+                        for box in attention_boxes(grid, image.size, region, **self.crop_options):
+                            by_box.setdefault(box, []).append([layer_index, neuron])
+                    for box, made_for in by_box.items():
+                        piece = image.crop(box)
+                        crops.append((piece, {"kind": "crop", "image_id": crop_id(parent, box), "parent_id": parent,
+                                              "box": list(box), "data": b"", "error": "",
+                                              "made_for": json.dumps(made_for),
+                                              "width": piece.size[0], "height": piece.size[1]}))
+        n_probe = len(rows)
+        for piece, row in crops:
+            row["data"] = _encode(piece, self.image_format)
+            rows.append(row)
+        out: dict[str, Any] = {name: np.array([r[name] for r in rows], dtype=object)
+                               for name in ("kind", "image_id", "parent_id", "data", "error", "made_for")}
+        out["box"] = np.array([r["box"] for r in rows], dtype=np.int32).reshape(len(rows), 4)
+        out["width"] = np.array([r["width"] for r in rows], dtype=np.int32)
+        out["height"] = np.array([r["height"] for r in rows], dtype=np.int32)
+        out["key"] = np.array([int(r["image_id"], 16) for r in rows], dtype=np.uint64)
+        for i, index in enumerate(self.neuron_index):
+            out[f"act_{i}"] = np.full((len(rows), len(index)), np.nan, dtype=np.float32)
+        if crops:
+            pixels = self._stack([self._array(self.pre.view(piece)[0]) for piece, _ in crops])
+            for start in range(0, len(crops), 64):
+                pooled = self._pooled(self._record(pixels[start : start + 64]))
+                for name, values in pooled.items():
+                    out[name][n_probe + start : n_probe + start + len(values)] = values
+        return out
+
+    def _array(self, view: Any) -> np.ndarray:
+        return np.asarray(self.pre.tensor(view)) if self.pre.custom is not None else self.pre.pixels(view)
+
+    @staticmethod
+    def _stack(arrays: list[np.ndarray]) -> np.ndarray:
+        return np.stack(arrays)

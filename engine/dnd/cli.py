@@ -1,0 +1,113 @@
+"""The ``dnd`` command. Only argparse at import time, so ``dnd --help`` is instant."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", metavar="URI", help="output location (overrides output.uri)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config key, e.g. --set step1.top_k=5 --set neurons=0:16 (repeatable)",
+    )
+
+
+def _cmd_dissect(args: argparse.Namespace) -> int:
+    from dnd.config import load_config
+    from dnd.pipeline import dissect
+
+    overrides = list(args.overrides)
+    if args.out:
+        overrides.append(f"output.uri={args.out}")
+    config = load_config(args.config, overrides)
+    results = dissect(config)
+    counts = results.manifest["counts"]["status"]
+    print(results.uri)
+    failed = sum(n for status, n in counts.items() if status != "ok")
+    return 0 if failed == 0 else 3
+
+
+def _cmd_layers(args: argparse.Namespace) -> int:
+    from dnd.models.recorder import layer_sizes
+    from dnd.models.target import build_target
+
+    target = build_target(args.model, args.weights, None, {})
+    for name, (size, shape) in layer_sizes(target, None).items():
+        print(f"{name}\t{size}\t{'x'.join(str(s) for s in shape)}")
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from dnd.results import Results
+
+    frame = Results(args.uri).neurons
+    if args.layer:
+        frame = frame[frame["layer"] == args.layer]
+    shown = frame.head(args.limit)
+    for row in shown.itertuples():
+        tops = ", ".join(
+            f"{t['image_id'][:8]}{'*' if t['is_crop'] else ''}={t['activation']:.3g}" for t in list(row.top_images)[:3]
+        )
+        label = row.label if isinstance(row.label, str) else "-"
+        print(f"{row.layer:<24} {row.neuron:>6}  {row.status:<7} {label:<36} {tops}")
+    if len(frame) > len(shown):
+        print(f"... {len(frame) - len(shown)} more rows (--limit)")
+    return 0
+
+
+def _cmd_config_reference(_args: argparse.Namespace) -> int:
+    from dnd.config import config_reference
+
+    print(config_reference())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dnd",
+        description="Describe-and-Dissect at scale: natural-language descriptions of vision-network neurons on Ray.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("dissect", help="describe the neurons of a network (Steps 1-3) and write Parquet results")
+    p.add_argument("config", help="run configuration YAML")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_dissect)
+
+    p = sub.add_parser("layers", help="list a model's layers with their neuron counts (no weights are downloaded)")
+    p.add_argument("model", help="model spec, e.g. torchvision:resnet50")
+    p.add_argument("--weights", default="none", help="weights to build with (default none: no download)")
+    p.set_defaults(func=_cmd_layers)
+
+    p = sub.add_parser("show", help="print a run's neurons: layer, neuron, status, label, top images")
+    p.add_argument("uri", help="run location")
+    p.add_argument("--layer", help="only this layer")
+    p.add_argument("--limit", type=int, default=50, help="rows to print (default 50)")
+    p.set_defaults(func=_cmd_show)
+
+    p = sub.add_parser("config-reference", help="print every run-configuration key with its default and meaning")
+    p.set_defaults(func=_cmd_config_reference)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from dnd.errors import DndError
+
+    try:
+        return int(args.func(args) or 0)
+    except DndError as exc:
+        print(f"dnd: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dnd: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,379 @@
+"""The run configuration: pydantic models, YAML loading and ``--set key=value`` overrides.
+
+Defaults are the paper's (K=10 top images, 4 crops per image, N=5 candidate concepts, Q=10 images
+per concept, beta=5, t=10, spatial-mean summary, top-k squared x image products scoring). Every
+field carries a one-line description, which ``dnd config-reference`` and the README print.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from dnd.errors import ConfigError
+
+
+class _Section(BaseModel):
+    # Unknown keys are almost always typos ("top_K", "crop_iuo"); refuse them instead of ignoring.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ActorPool(_Section):
+    """How one model family runs as a Ray actor pool."""
+
+    batch_size: int = Field(32, ge=1, description="Images (or prompts) per model call.")
+    pool_size: int = Field(1, ge=1, description="Number of actors, each holding one copy of the model.")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per actor; fractions share a GPU between actors.")
+    num_cpus: float = Field(0.5, gt=0, description="CPUs reserved per actor (fractional so small machines don't stall).")
+    device: str = Field("auto", description="torch device: auto (cuda when num_gpus > 0 and available), cpu, cuda, cuda:1 ...")
+    threads: int | None = Field(
+        None, ge=1, description="torch CPU threads per actor; null = the node's CPUs divided by pool_size (Ray would give 1)."
+    )
+
+
+class TargetConfig(ActorPool):
+    """The network being dissected."""
+
+    model: str = Field(
+        ...,
+        description=(
+            "Model spec: torchvision:NAME, timm:NAME, hf:ID_OR_PATH, or python:module:callable returning "
+            "(model, preprocess)."
+        ),
+    )
+    weights: str | None = Field(
+        "DEFAULT",
+        description=(
+            "Weights: a torchvision weights enum name (DEFAULT, IMAGENET1K_V2 ...), 'none' for random "
+            "initialisation of the full-size model, or 'random-tiny' for the same class at toy size."
+        ),
+    )
+    checkpoint: str | None = Field(
+        None, description="Local path or URI of a state_dict loaded with torch.load(weights_only=True) after building."
+    )
+    options: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments for the model builder.")
+    batch_size: int = Field(64, ge=1, description="Images per forward pass of the target model.")
+
+    @field_validator("weights", mode="before")
+    @classmethod
+    def _none_string(cls, value: Any) -> Any:
+        return "none" if value is None else value
+
+
+class ProbeSource(_Section):
+    """One source of probing images; a probing set is the union of its sources."""
+
+    uri: str = Field(
+        ...,
+        description=(
+            "Local folder, ImageFolder tree, fsspec URI (s3://, gs://, file://), Parquet file/folder, or "
+            "gen://NAME?n=N&seed=S&size=PX for images rendered on the fly."
+        ),
+    )
+    kind: Literal["auto", "folder", "parquet"] = Field(
+        "auto", description="folder: image files found recursively (ImageFolder trees included); parquet: a bytes column."
+    )
+    image_column: str = Field("image", description="Parquet column holding encoded image bytes (or a struct with 'bytes').")
+    limit: int | None = Field(None, ge=1, description="Use only the first N images of this source (in sorted order).")
+    name: str | None = Field(None, description="Short name recorded with each image; defaults to the URI's last part.")
+
+
+class ProbeConfig(_Section):
+    """The probing set D_probe."""
+
+    sources: list[ProbeSource] = Field(..., min_length=1, description="Sources whose union is the probing set.")
+    extensions: list[str] = Field(
+        [".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"],
+        description="File extensions read from folder sources (case-insensitive).",
+    )
+    files_per_read_task: int = Field(64, ge=1, description="Files read by one Ray Data task.")
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="fsspec options for remote sources (endpoint_url, key, secret, anon ...)."
+    )
+
+
+class Step1Config(_Section):
+    """Step 1: top-K activating images and attention crops (paper 3.1, A.1.1)."""
+
+    summary: Literal["mean", "max"] = Field("mean", description="Summary function g over a neuron's spatial map.")
+    top_k: int = Field(10, ge=1, description="K: top activating images kept per neuron.")
+    crops: bool = Field(True, description="Add attention crops D_cropped to the probing set (ablation: false).")
+    crops_per_image: int = Field(4, ge=0, description="alpha: largest salient regions cropped per top image.")
+    crop_iou: float = Field(0.5, ge=0, le=1, description="eta: a crop's IoU with every crop already kept must be below this.")
+    whole_image_iou_cap: float = Field(0.8, ge=0, le=1, description="A crop's IoU with the whole image must be below this.")
+    min_crop_pixels: int = Field(8, ge=1, description="Boxes narrower or shorter than this (original pixels) are not cropped.")
+
+
+class BackendStage(ActorPool):
+    """A backend chosen by name from its registry, with keyword options for its constructor."""
+
+    backend: str = Field(..., description="Registered backend name (for example hf, openai, extractive, diffusers, clip, synthetic).")
+    options: dict[str, Any] = Field(default_factory=dict, description="Keyword options passed to the backend (model, device ...).")
+
+
+class CaptionerConfig(BackendStage):
+    backend: str = Field("hf", description="Captioner backend: hf (any image-to-text model), openai-vision, synthetic, serve.")
+    batch_size: int = Field(16, ge=1, description="Images per captioning call.")
+
+
+class SummarizerConfig(_Section):
+    backend: str = Field("openai", description="Summarizer backend: openai (any OpenAI-compatible endpoint) or extractive.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Keyword options (model, base_url, api_key_env, temperature ...).")
+    candidates: int = Field(5, ge=1, description="N: candidate concepts per neuron, one summary per shuffled caption order.")
+    simplify: bool = Field(True, description="Simplify each caption first (prompt 1 of A.1.3).")
+
+
+class GeneratorConfig(BackendStage):
+    backend: str = Field("diffusers", description="Generator backend: diffusers (any text-to-image pipeline), synthetic, serve.")
+    batch_size: int = Field(4, ge=1, description="Prompts per generation call.")
+    images_per_concept: int = Field(10, ge=1, description="Q: images generated per candidate concept.")
+    prompt_template: str = Field("One realistic image of {}", description="Prompt for a concept; {} is replaced by it.")
+
+
+class EmbedderConfig(BackendStage):
+    backend: str = Field("clip", description="Image/text embedder for image products and multiple labels (CLIP).")
+    batch_size: int = Field(32, ge=1, description="Images or texts per embedding call.")
+
+
+class SelectionConfig(_Section):
+    """Step 3: best concept selection (paper 3.3, 3.4, A.1.4, A.7)."""
+
+    enabled: bool = Field(True, description="Run Step 3; when false the first summary's candidate is the label.")
+    scoring: Literal["mean", "topk_squared", "image_products", "topk_squared_image_products"] = Field(
+        "topk_squared_image_products", description="Scoring function choosing the label among the candidates."
+    )
+    beta: int = Field(5, ge=1, description="beta: lowest ranks used by top-k squared.")
+    top_t: int = Field(10, ge=1, description="t: highest-activating generated images per concept used by image products.")
+    multilabel_similarity: float = Field(
+        0.81, ge=0, le=1, description="A.7: a lower-scored candidate whose CLIP text similarity to a kept label exceeds this is dropped."
+    )
+    embedder: EmbedderConfig | None = Field(
+        default_factory=EmbedderConfig, description="CLIP embedder; null disables image products and multi-label de-duplication."
+    )
+
+
+class OutputConfig(_Section):
+    uri: str = Field("dnd-results", description="Where results go: a local path or an fsspec URI (s3://bucket/prefix).")
+    cache_uri: str | None = Field(None, description="Shared cache location; defaults to <uri>/cache.")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for the output location.")
+    image_format: Literal["png", "jpeg"] = Field("png", description="Encoding of crops and generated images in images/.")
+
+
+class RayConfig(_Section):
+    address: str | None = Field(None, description="Ray address; null joins a running cluster or starts a local one.")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray started by dnd (null = all).")
+    object_store_memory: int | None = Field(None, ge=78643200, description="Object store bytes of a local Ray started by dnd.")
+
+
+NeuronSpec = Union[Literal["all"], int, str, list[Union[int, str]]]
+
+
+class RunConfig(_Section):
+    """One Describe-and-Dissect run."""
+
+    target: TargetConfig = Field(..., description="The network to dissect.")
+    layers: list[str] = Field(..., min_length=1, description="Module names whose neurons are described (layer4, fc ...).")
+    neurons: Union[NeuronSpec, dict[str, NeuronSpec]] = Field(
+        "all", description="Neurons: all, a list, ranges like '0:64' or '0:8,12', or a mapping layer -> such a spec."
+    )
+    probe: ProbeConfig = Field(..., description="The probing set.")
+    step1: Step1Config = Field(default_factory=Step1Config, description="Top-K images and attention crops.")
+    captioner: CaptionerConfig | None = Field(
+        default_factory=CaptionerConfig, description="Step 2A; null stops after Step 1."
+    )
+    summarizer: SummarizerConfig = Field(default_factory=SummarizerConfig, description="Step 2B.")
+    generator: GeneratorConfig = Field(default_factory=GeneratorConfig, description="Step 3 image generation.")
+    selection: SelectionConfig = Field(default_factory=SelectionConfig, description="Step 3 scoring.")
+    seed: int = Field(0, description="Seed for summary shuffles and image generation.")
+    output: OutputConfig = Field(default_factory=OutputConfig, description="Results location.")
+    ray: RayConfig = Field(default_factory=RayConfig, description="Ray cluster connection.")
+
+    @field_validator("layers")
+    @classmethod
+    def _unique_layers(cls, layers: list[str]) -> list[str]:
+        seen = set()
+        for name in layers:
+            if name in seen:
+                raise ValueError(f"layer {name!r} is listed twice")
+            seen.add(name)
+        return layers
+
+    @model_validator(mode="after")
+    def _neuron_keys_are_layers(self) -> "RunConfig":
+        if isinstance(self.neurons, dict):
+            unknown = sorted(set(self.neurons) - set(self.layers))
+            if unknown:
+                raise ValueError(f"neurons names layers {unknown} that are not in layers {self.layers}")
+        return self
+
+    def neuron_spec(self, layer: str) -> NeuronSpec:
+        if isinstance(self.neurons, dict):
+            return self.neurons.get(layer, "all")
+        return self.neurons
+
+
+_RANGE = re.compile(r"^\s*(\d*)\s*:\s*(\d*)\s*$")
+
+
+def resolve_neurons(spec: NeuronSpec, size: int, layer: str) -> list[int]:
+    """Turn a neuron spec into sorted unique neuron indices of a layer with ``size`` neurons."""
+
+    def bad(value: Any) -> ConfigError:
+        return ConfigError(
+            f"neurons {value!r} for layer {layer!r} are out of range: the layer has {size} neurons (0..{size - 1})"
+        )
+
+    if spec == "all":
+        return list(range(size))
+    items: list[Any]
+    if isinstance(spec, (int, str)):
+        items = [spec]
+    else:
+        items = list(spec)
+    chosen: set[int] = set()
+    for item in items:
+        if isinstance(item, bool):
+            raise ConfigError(f"neurons entry {item!r} for layer {layer!r} is not a neuron index or range")
+        if isinstance(item, int):
+            if not 0 <= item < size:
+                raise bad(item)
+            chosen.add(item)
+            continue
+        for part in str(item).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if part == "all":
+                chosen.update(range(size))
+                continue
+            match = _RANGE.match(part)
+            if match:
+                start = int(match.group(1)) if match.group(1) else 0
+                stop = int(match.group(2)) if match.group(2) else size
+                if start >= stop or stop > size:
+                    raise bad(part)
+                chosen.update(range(start, stop))
+            elif part.isdigit():
+                if int(part) >= size:
+                    raise bad(part)
+                chosen.add(int(part))
+            else:
+                raise ConfigError(
+                    f"neurons entry {part!r} for layer {layer!r} is not understood; expected 'all', an index, "
+                    f"or a range like '0:64'"
+                )
+    if not chosen:
+        raise ConfigError(f"neurons {spec!r} select no neuron of layer {layer!r}")
+    return sorted(chosen)
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r} is not of the form key=value (for example step1.top_k=5)")
+    key, raw = item.split("=", 1)
+    path = [part for part in key.strip().split(".") if part]
+    if not path:
+        raise ConfigError(f"--set {item!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return path, value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply dotted ``key=value`` overrides; values are parsed as YAML (numbers, lists, null)."""
+    for item in overrides:
+        path, value = _parse_override(item)
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = {}
+                node[part] = child
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is not a section (it is {child!r})")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def _format_validation_error(error: ValidationError, origin: str) -> str:
+    lines = [f"invalid run configuration ({origin}):"]
+    for problem in error.errors():
+        where = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+        if problem["type"] == "extra_forbidden":
+            lines.append(f"  {where}: unknown key (check its spelling; `dnd config-reference` lists every key)")
+        elif problem["type"] == "missing":
+            lines.append(f"  {where}: required but missing")
+        else:
+            lines.append(f"  {where}: {problem['msg']} (got {problem.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_config(source: Any, overrides: list[str] | None = None) -> RunConfig:
+    """Build a RunConfig from a YAML path, a YAML string, a dict or a RunConfig, then apply overrides."""
+    overrides = overrides or []
+    origin = "dict"
+    if isinstance(source, RunConfig):
+        if not overrides:
+            return source
+        data = source.model_dump(mode="json")
+    elif isinstance(source, dict):
+        data = dict(source)
+    elif isinstance(source, (str, Path)):
+        text = str(source)
+        path = Path(text)
+        if "\n" not in text and (path.suffix in {".yaml", ".yml"} or path.exists()):
+            if not path.exists():
+                raise ConfigError(f"config file {text!r} does not exist")
+            origin = text
+            text = path.read_text()
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config {origin} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config {origin} must be a YAML mapping of sections, got {type(data).__name__}")
+    else:
+        raise ConfigError(f"cannot read a run configuration from {type(source).__name__}")
+    data = apply_overrides(data, overrides)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, origin)) from None
+
+
+def config_reference() -> str:
+    """Every config key with its default and description, as Markdown."""
+    lines: list[str] = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            key = f"{prefix}{name}"
+            annotation = field.annotation
+            nested = _section_type(annotation)
+            default = "required" if field.is_required() else repr(field.get_default(call_default_factory=False)) if field.default_factory is None else "(section)"
+            lines.append(f"| `{key}` | {default} | {field.description or ''} |")
+            if nested is not None:
+                walk(nested, key + ".")
+
+    lines.append("| key | default | meaning |")
+    lines.append("| --- | --- | --- |")
+    walk(RunConfig, "")
+    lines.append(f"| `probe.sources[].*` | | |")
+    walk(ProbeSource, "probe.sources[].")
+    return "\n".join(lines)
+
+
+def _section_type(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None

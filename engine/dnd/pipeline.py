@@ -1,0 +1,182 @@
+"""The one place that knows the order of the stages of a run.
+
+validate (model, layers, neurons, probe, output, keys) → Step 1 (top-K + attention crops) →
+Step 2A (captions) → Step 2B (candidate concepts) → Step 3 (generation, scoring, labels) →
+neurons/ Parquet → _SUCCESS (written last).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from typing import Any, Callable
+
+from dnd.config import RunConfig, load_config, resolve_neurons
+from dnd.errors import ConfigError
+
+
+def _log_to_stderr(message: str) -> None:
+    print(f"[dnd] {message}", file=sys.stderr, flush=True)
+
+
+def plan_layers(config: RunConfig) -> list[Any]:
+    """Build the target once on the driver to check layers and neuron ranges before any Ray work."""
+    from dnd.activations.step1 import LayerPlan
+    from dnd.models.recorder import layer_sizes, resolve_layers
+    from dnd.models.target import build_target
+
+    target = build_target(config.target.model, config.target.weights, config.target.checkpoint, config.target.options)
+    resolve_layers(target.module, config.layers)
+    sizes = layer_sizes(target, config.layers)
+    plans = []
+    for name in config.layers:
+        if name not in sizes:
+            raise ConfigError(
+                f"layer {name!r} produces no (N,C,H,W), (N,T,D) or (N,D) tensor in a forward pass, so it has no neurons"
+            )
+        size, shape = sizes[name]
+        neurons = resolve_neurons(config.neuron_spec(name), size, name)
+        plans.append(LayerPlan(name=name, size=size, neurons=neurons, has_map=len(shape) >= 2))
+    return plans
+
+
+def init_ray(config: RunConfig) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": True}
+    address = config.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        kwargs["address"] = address
+    else:
+        if config.ray.num_cpus:
+            kwargs["num_cpus"] = config.ray.num_cpus
+        if config.ray.object_store_memory:
+            kwargs["object_store_memory"] = config.ray.object_store_memory
+        kwargs["include_dashboard"] = False
+    # The package itself must be importable in workers even when it is not installed there.
+    engine_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [engine_dir, os.environ.get("PYTHONPATH", "")])),
+                                          "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}}
+    ray.init(**kwargs)
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = sys.stderr.isatty()
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for package in ("dnd", "ray", "torch", "torchvision", "transformers", "diffusers", "openai", "pyarrow", "numpy"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def dissect(config: Any, log: Callable[[str], None] | None = None, **overrides: Any):
+    """Run every stage for ``config`` and return :class:`dnd.results.Results`."""
+    from dnd.backends import load_builtin_backends
+    from dnd.probe.sources import plan_reads
+    from dnd.results import Results
+    from dnd.store.layout import RunLayout
+
+    log = log or _log_to_stderr
+    load_builtin_backends()
+    config = load_config(config, [f"{k}={v}" for k, v in overrides.items()]) if not isinstance(config, RunConfig) or overrides else config
+    started = time.time()
+    layers = plan_layers(config)
+    read_tasks, source_counts = plan_reads(config.probe)
+    layout = RunLayout(config.output.uri, config.output.storage_options, config.output.cache_uri)
+    layout.check_writable()
+    layout.remove("_SUCCESS")
+    stages = build_later_stages(config)
+    log(
+        f"dissecting {config.target.model} layers {[f'{l.name} ({len(l.neurons)} neurons)' for l in layers]} "
+        f"on {sum(source_counts.values())} probe images -> {config.output.uri}"
+    )
+    init_ray(config)
+
+    from dnd.activations.step1 import run_step1
+
+    step1 = run_step1(config, layers, read_tasks, layout, log)
+    rows = assemble_rows(step1)
+    counts = dict(step1.counts)
+    timings = dict(step1.timings)
+    extra: dict[str, Any] = {}
+    for stage in stages:
+        stage_started = time.time()
+        stage_counts = stage(config, step1, rows, layout, log)
+        timings[f"{stage.__name__}_s"] = time.time() - stage_started
+        extra.update(stage_counts or {})
+
+    from dnd.records import neurons_schema, table
+
+    layout.remove("neurons")
+    layout.write_table(table(rows, neurons_schema()), "neurons", "part-00000.parquet")
+    status = {}
+    for row in rows:
+        status[row["status"]] = status.get(row["status"], 0) + 1
+    timings["total_s"] = time.time() - started
+    manifest = {
+        "dnd_version": __import__("dnd").__version__,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "config": config.model_dump(mode="json"),
+        "versions": _versions(),
+        "layers": [{"name": l.name, "size": l.size, "neurons": len(l.neurons), "spatial": l.has_map} for l in layers],
+        "counts": {**counts, "neurons": len(rows), "status": status, "probe_sources": source_counts},
+        "skipped": step1.skipped,
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        **extra,
+    }
+    layout.write_json(manifest, "_SUCCESS")
+    log(f"done in {timings['total_s']:.1f}s: {len(rows)} neurons, status {status}; results at {config.output.uri}")
+    return Results(config.output.uri, config.output.storage_options)
+
+
+def build_later_stages(config: RunConfig) -> list[Callable[..., Any]]:
+    """Steps 2 and 3, checked before any model work (missing API keys fail here, not an hour in)."""
+    return []
+
+
+def assemble_rows(step1: Any) -> list[dict[str, Any]]:
+    """One neurons-table row per (layer, neuron) from the final top-K; Steps 2–3 fill the rest."""
+    import numpy as np
+
+    rows = []
+    for i, (layer, state) in enumerate(zip(step1.layers, step1.topk)):
+        for position, neuron in enumerate(layer.neurons):
+            top = []
+            for value, key in zip(state.values[position], state.keys[position]):
+                if not np.isfinite(value):
+                    continue
+                key = int(key)
+                crop = step1.crops.get(key)
+                if crop is not None:
+                    top.append({"image_id": crop.image_id, "activation": float(value), "is_crop": True,
+                                "parent_id": crop.parent_id, "box": crop.box})
+                else:
+                    top.append({"image_id": step1.probe[key].image_id, "activation": float(value),
+                                "is_crop": False, "parent_id": "", "box": []})
+            crops = [
+                {"image_id": step1.crops[key].image_id, "parent_id": step1.crops[key].parent_id,
+                 "box": step1.crops[key].box, "activation": value}
+                for key, value in step1.crop_activations.get((i, position), [])
+            ]
+            nan_images = int(state.nan_counts[position])
+            status, error = "ok", ""
+            if not top:
+                status, error = "failed", "no image gave this neuron a finite activation"
+            rows.append({
+                "layer": layer.name, "neuron": neuron, "label": None, "labels": [], "candidates": [],
+                "top_images": top, "crops": crops, "captions": [], "status": status, "error": error,
+                "nan_images": nan_images,
+            })
+    return rows

@@ -1,0 +1,43 @@
+"""Reading a finished (or unfinished) run back."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any
+
+from dnd.errors import StorageError
+from dnd.store.layout import RunLayout
+
+
+class Results:
+    """A run at ``uri``: ``neurons`` (pandas, one row per layer and neuron), ``manifest`` (_SUCCESS)."""
+
+    def __init__(self, uri: str, storage_options: dict | None = None):
+        self.uri = uri
+        self.layout = RunLayout(uri, storage_options or {})
+
+    @cached_property
+    def manifest(self) -> dict[str, Any]:
+        data = self.layout.read_json("_SUCCESS")
+        if data is None:
+            raise StorageError(f"{self.uri!r} has no _SUCCESS: the run is unfinished or this is not a dnd run")
+        return data
+
+    @property
+    def complete(self) -> bool:
+        return self.layout.read_json("_SUCCESS") is not None
+
+    @cached_property
+    def neurons(self):
+        return self.layout.read_table("neurons").to_pandas()
+
+    def images(self, ids: list[str] | None = None):
+        """The images table (probe top images and crops) as pandas, optionally only ``ids``."""
+        table = self.layout.read_table("images")
+        frame = table.to_pandas()
+        if ids is not None:
+            frame = frame[frame["image_id"].isin(set(ids))]
+        return frame.drop_duplicates("image_id")
+
+    def __repr__(self) -> str:
+        return f"Results({self.uri!r})"

@@ -1,0 +1,96 @@
+"""Where a run's files live under its URI, and writing them through fsspec."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from dnd.errors import StorageError
+from dnd.store.fs import join, url_to_fs
+
+
+@dataclass
+class RunLayout:
+    uri: str
+    storage_options: dict = field(default_factory=dict)
+    cache_uri: str | None = None
+
+    def __post_init__(self) -> None:
+        self.uri = self.uri.rstrip("/")
+        self.fs, self.root = url_to_fs(self.uri, self.storage_options)
+        self.cache = (self.cache_uri or join(self.uri, "cache")).rstrip("/")
+
+    def path(self, *parts: str) -> str:
+        return join(self.root, *parts)
+
+    @property
+    def neurons(self) -> str:
+        return self.path("neurons")
+
+    @property
+    def images(self) -> str:
+        return self.path("images")
+
+    @property
+    def success(self) -> str:
+        return self.path("_SUCCESS")
+
+    def check_writable(self) -> None:
+        """Fail before any model work when the output location can't be written."""
+        probe = self.path("_dnd_write_check")
+        try:
+            self.fs.makedirs(self.root, exist_ok=True)
+            with self.fs.open(probe, "wb") as handle:
+                handle.write(b"ok")
+            self.fs.rm(probe)
+        except Exception as exc:
+            raise StorageError(f"output location {self.uri!r} is not writable: {type(exc).__name__}: {exc}") from None
+
+    def write_table(self, table: Any, *parts: str) -> str:
+        import pyarrow.parquet as pq
+
+        path = self.path(*parts)
+        self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        with self.fs.open(path, "wb") as handle:
+            pq.write_table(table, handle)
+        return path
+
+    def open_writer(self, schema: Any, *parts: str):
+        import pyarrow.parquet as pq
+
+        path = self.path(*parts)
+        self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        handle = self.fs.open(path, "wb")
+        return handle, pq.ParquetWriter(handle, schema)
+
+    def write_json(self, data: dict, *parts: str) -> None:
+        with self.fs.open(self.path(*parts), "w") as handle:
+            json.dump(data, handle, indent=2, sort_keys=False, default=str)
+
+    def read_json(self, *parts: str) -> dict | None:
+        path = self.path(*parts)
+        if not self.fs.exists(path):
+            return None
+        with self.fs.open(path, "r") as handle:
+            return json.load(handle)
+
+    def remove(self, *parts: str) -> None:
+        path = self.path(*parts)
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
+
+    def read_table(self, *parts: str):
+        import pyarrow.parquet as pq
+
+        path = self.path(*parts)
+        if not self.fs.exists(path):
+            raise StorageError(f"{join(self.uri, *parts)!r} does not exist; is {self.uri!r} a dnd run?")
+        files = sorted(f for f in self.fs.find(path) if f.endswith(".parquet")) if self.fs.isdir(path) else [path]
+        import pyarrow as pa
+
+        tables = []
+        for name in files:
+            with self.fs.open(name, "rb") as handle:
+                tables.append(pq.read_table(handle))
+        return pa.concat_tables(tables) if tables else None
