@@ -69,9 +69,14 @@ def _split_spec(spec: str) -> tuple[str, str]:
 
 def build_target(spec: str, weights: str | None = "DEFAULT", checkpoint: str | None = None, options: dict | None = None) -> TargetModel:
     """Build the target network named by ``spec``; load ``checkpoint`` (a state_dict) if given."""
+    from dnd.tiny import tiny_weights_seeded
+
     family, name = _split_spec(spec)
     builder = TARGET_FAMILIES.get(family)
-    target = builder(name, weights=(weights or "none"), **(options or {}))
+    # Random initialisation is seeded: every actor (and the driver) must build the same network,
+    # or crops would be scored by different weights than the images they came from.
+    with tiny_weights_seeded():
+        target = builder(name, weights=(weights or "none"), **(options or {}))
     target.module.eval()
     if checkpoint:
         load_checkpoint(target.module, checkpoint)

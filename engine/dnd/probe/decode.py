@@ -53,7 +53,7 @@ def to_rgb(image):
         array = np.asarray(image, dtype=np.float64)
         low, high = float(np.nanmin(array)), float(np.nanmax(array))
         scale = 255.0 / (high - low) if high > low else 0.0
-        gray = ((array - low) * scale).clip(0, 255).astype(np.uint8)
+        gray = np.rint((array - low) * scale).clip(0, 255).astype(np.uint8)
         return Image.fromarray(gray).convert("RGB")
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
         # Composite on white: transparent pixels would otherwise become black, a colour the neuron never saw.

@@ -1,0 +1,124 @@
+"""Step 1 on a local Ray against a plain PyTorch computation of the same top-K on the same images."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dnd.config import load_config
+from dnd.models.preprocess import Preprocessor
+from dnd.models.recorder import LayerRecorder, neuron_maps, summarize
+from dnd.models.target import build_target
+from dnd.probe.generated import render_shapes
+from dnd.probe.sources import image_id
+from dnd.results import Results
+
+N_IMAGES = 60
+LAYERS = ["layer2", "fc"]
+
+
+def config_for(tmp_path, **step1):
+    return load_config(
+        {
+            "target": {"model": "torchvision:resnet18", "weights": "random-tiny", "batch_size": 16},
+            "layers": LAYERS,
+            "neurons": {"layer2": "0:6", "fc": [0, 3, 9]},
+            "probe": {"sources": [{"uri": f"gen://shapes?n={N_IMAGES}&seed=3&size=48"}], "files_per_read_task": 16},
+            "step1": {"top_k": 4, **step1},
+            "captioner": None,
+            "output": {"uri": str(tmp_path / "run")},
+        }
+    )
+
+
+def reference_activations(images):
+    """Plain PyTorch: the same model and preprocessing, one image at a time."""
+    target = build_target("torchvision:resnet18", "random-tiny")
+    pre = Preprocessor(target)
+    recorder = LayerRecorder(target, LAYERS)
+    out = {}
+    for identifier, image in images.items():
+        view, _ = pre.view(image)
+        outputs = recorder(pre.tensor(view).unsqueeze(0))
+        out[identifier] = {name: summarize(neuron_maps(outputs[name], name), "mean")[0].numpy() for name in LAYERS}
+    return out
+
+
+@pytest.fixture(scope="module")
+def probe_images():
+    images = {}
+    for i in range(N_IMAGES):
+        data = render_shapes(3, i, 48)
+        images[image_id(data)] = Image.open(io.BytesIO(data)).convert("RGB")
+    return images
+
+
+def test_top_k_without_crops_matches_plain_pytorch(local_ray, tmp_path, probe_images):
+    from dnd.pipeline import dissect
+
+    results = dissect(config_for(tmp_path, crops=False), log=lambda m: None)
+    reference = reference_activations(probe_images)
+    frame = results.neurons
+    assert len(frame) == 6 + 3
+    assert set(frame["status"]) == {"ok"}
+    neurons = {"layer2": list(range(6)), "fc": [0, 3, 9]}
+    for row in frame.itertuples():
+        position = neurons[row.layer].index(row.neuron)
+        values = {i: reference[i][row.layer][row.neuron] for i in reference}
+        expected = sorted(values, key=lambda i: (-values[i], int(i, 16)))[:4]
+        got = [t["image_id"] for t in row.top_images]
+        assert got == expected, (row.layer, row.neuron)
+        for t in row.top_images:
+            assert t["activation"] == pytest.approx(values[t["image_id"]], rel=1e-4, abs=1e-5)
+            assert not t["is_crop"]
+        del position
+    manifest = results.manifest
+    assert manifest["counts"]["images_used"] == N_IMAGES
+    assert manifest["counts"]["crops"] == 0
+
+
+def test_crops_are_scored_like_any_image_and_can_enter_the_top_k(local_ray, tmp_path, probe_images):
+    from dnd.pipeline import dissect
+
+    results = dissect(config_for(tmp_path), log=lambda m: None)
+    frame = results.neurons
+    images = results.images()
+    assert set(images["kind"]) == {"probe", "crop"}
+    target = build_target("torchvision:resnet18", "random-tiny")
+    pre = Preprocessor(target)
+    recorder = LayerRecorder(target, LAYERS)
+    crops_seen = 0
+    for row in frame[frame["layer"] == "layer2"].itertuples():
+        assert len(row.crops) > 0, "a conv neuron with varied top images should get attention crops"
+        for t in row.top_images:
+            if not t["is_crop"]:
+                continue
+            crops_seen += 1
+            parent = probe_images[t["parent_id"]]
+            x0, y0, x1, y1 = (int(v) for v in t["box"])
+            assert 0 <= x0 < x1 <= parent.size[0] and 0 <= y0 < y1 <= parent.size[1]
+            view, _ = pre.view(parent.crop((x0, y0, x1, y1)))
+            outputs = recorder(pre.tensor(view).unsqueeze(0))
+            value = summarize(neuron_maps(outputs["layer2"], "layer2"), "mean")[0, row.neuron].item()
+            assert t["activation"] == pytest.approx(value, rel=1e-4, abs=1e-5)
+            stored = images[images["image_id"] == t["image_id"]].iloc[0]
+            assert stored["parent_id"] == t["parent_id"] and list(stored["box"]) == [x0, y0, x1, y1]
+            assert Image.open(io.BytesIO(stored["data"])).size == (x1 - x0, y1 - y0)
+    assert crops_seen > 0
+    # Every top image is stored in images/, and the probe images are byte-identical to the source.
+    ids = {t["image_id"] for tops in frame["top_images"] for t in tops}
+    assert ids <= set(images["image_id"])
+    for row in images[images["kind"] == "probe"].itertuples():
+        assert image_id(row.data) == row.image_id
+
+
+def test_rerun_gives_identical_results(local_ray, tmp_path):
+    from dnd.pipeline import dissect
+
+    first = dissect(config_for(tmp_path / "a"), log=lambda m: None).neurons
+    second = dissect(config_for(tmp_path / "b"), log=lambda m: None).neurons
+    for a, b in zip(first["top_images"], second["top_images"]):
+        assert [t["image_id"] for t in a] == [t["image_id"] for t in b]
+    assert isinstance(Results(str(tmp_path / "a" / "run")).manifest["timings_s"]["total_s"], float)
