@@ -143,7 +143,48 @@ def dissect(config: Any, log: Callable[[str], None] | None = None, **overrides: 
 
 def build_later_stages(config: RunConfig) -> list[Callable[..., Any]]:
     """Steps 2 and 3, checked before any model work (missing API keys fail here, not an hour in)."""
-    return []
+    if config.captioner is None:
+        return []
+    from dnd.captioning.base import CAPTIONERS
+    from dnd.captioning.stage import run_captions
+    from dnd.concepts.stage import build_summarizer, run_concepts
+    from dnd.generation.base import GENERATORS
+    from dnd.selection.embedder import EMBEDDERS
+    from dnd.selection.scoring import IMAGE_PRODUCT_FUNCTIONS
+    from dnd.selection.stage import label_without_selection, run_selection
+
+    CAPTIONERS.get(config.captioner.backend)
+    summarizer = build_summarizer(config)
+
+    def step2a_captions(config, step1, rows, layout, log):
+        return run_captions(config, step1, rows, layout, log)
+
+    def step2b_concepts(config, step1, rows, layout, log):
+        return run_concepts(config, step1, rows, layout, log, summarizer=summarizer)
+
+    stages = [step2a_captions, step2b_concepts]
+    if config.selection.enabled:
+        GENERATORS.get(config.generator.backend)
+        if config.selection.embedder is not None:
+            EMBEDDERS.get(config.selection.embedder.backend)
+        elif config.selection.scoring in IMAGE_PRODUCT_FUNCTIONS:
+            raise ConfigError(
+                f"selection.scoring {config.selection.scoring!r} needs CLIP image embeddings, but selection.embedder "
+                f"is null; set an embedder or choose scoring 'mean' or 'topk_squared'"
+            )
+
+        def step3_selection(config, step1, rows, layout, log):
+            return run_selection(config, step1, rows, layout, log)
+
+        stages.append(step3_selection)
+    else:
+
+        def step3_off(config, step1, rows, layout, log):
+            label_without_selection(rows)
+            return {}
+
+        stages.append(step3_off)
+    return stages
 
 
 def assemble_rows(step1: Any) -> list[dict[str, Any]]:

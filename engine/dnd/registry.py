@@ -39,3 +39,35 @@ class Registry(Generic[T]):
 
     def create(self, name: str, **options: Any) -> T:
         return self.get(name)(**options)
+
+
+def build_stage_backend(registry: Registry[Any], stage: Any) -> Any:
+    """Create the backend a stage config names, inside the actor (or process) that will use it.
+
+    The stage's ``device`` applies unless the backend's own options name one; ``auto`` resolves to
+    the GPU only when the stage asked Ray for one, so CPU actors never grab a visible GPU.
+    """
+    from dnd.backends import load_builtin_backends
+
+    load_builtin_backends()
+    options = dict(stage.options)
+    if "device" not in options and getattr(stage, "device", None) and _accepts(registry.get(stage.backend), "device"):
+        device = stage.device
+        if device == "auto":
+            device = "auto" if getattr(stage, "num_gpus", 0) > 0 else "cpu"
+        options["device"] = device
+    if getattr(stage, "threads", None) or getattr(stage, "num_gpus", 0) == 0:
+        from dnd.models.device import set_cpu_threads
+
+        set_cpu_threads(getattr(stage, "threads", None), getattr(stage, "pool_size", 1))
+    return registry.create(stage.backend, **options)
+
+
+def _accepts(factory: Callable[..., Any], option: str) -> bool:
+    import inspect
+
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+    return option in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())

@@ -29,34 +29,46 @@ def _encode(image: Any, fmt: str) -> bytes:
 
 def read_and_prepare(tasks: dict[str, Any], input_spec: Any, preprocess: Any, storage_options: dict) -> dict[str, Any]:
     """One read task → a batch of prepared probe images (``pixels``) with their ids and skip reasons."""
-    from dnd.models.preprocess import Preprocessor
-    from dnd.models.target import TargetModel
-    from dnd.probe.decode import UnreadableImage, decode_rgb
-
-    pre = Preprocessor(TargetModel(module=None, input_spec=input_spec, preprocess=preprocess))
     rows: list[dict[str, Any]] = []
     for i in range(len(tasks["kind"])):
         task = {name: tasks[name][i] for name in tasks}
         task["refs"] = list(task["refs"])
         rows.extend(execute_read(task, storage_options))
-    ids, keys, refs, sources, errors, pixels = [], [], [], [], [], []
-    blank = None
-    for row in rows:
-        data, error, array = row["data"], row["error"], None
-        if data is not None and error is None:
+    ids = [image_id(row["data"]) if row["data"] else "" for row in rows]
+    return prepare_images(
+        ids, [row["data"] for row in rows], [row["error"] for row in rows], input_spec, preprocess,
+        refs=[row["ref"] for row in rows], sources=[row["source"] for row in rows],
+    )
+
+
+def prepare_encoded(batch: dict[str, Any], input_spec: Any, preprocess: Any) -> dict[str, Any]:
+    """A batch of already-identified encoded images (``image_id``, ``data``) → network inputs."""
+    n = len(batch["image_id"])
+    return prepare_images(list(batch["image_id"]), list(batch["data"]), [None] * n, input_spec, preprocess)
+
+
+def prepare_images(ids: list[str], datas: list[Any], errors: list[str | None], input_spec: Any, preprocess: Any,
+                   refs: list[str] | None = None, sources: list[str] | None = None) -> dict[str, Any]:
+    """Decode and resize/crop each image into the network's view; failures keep their reason."""
+    from dnd.models.preprocess import Preprocessor
+    from dnd.models.target import TargetModel
+    from dnd.probe.decode import UnreadableImage, decode_rgb
+
+    pre = Preprocessor(TargetModel(module=None, input_spec=input_spec, preprocess=preprocess))
+    out_errors, pixels = [], []
+    for data, error in zip(datas, errors):
+        array = None
+        if data is not None and len(data) and not error:
             try:
-                view, _ = pre.view(decode_rgb(data))
+                view, _ = pre.view(decode_rgb(bytes(data)))
                 array = np.asarray(pre.tensor(view)) if pre.custom is not None else pre.pixels(view)
             except UnreadableImage as exc:
                 error = str(exc)
             except Exception as exc:  # a preprocess that fails on one image must not fail the run
                 error = f"preprocessing failed ({type(exc).__name__}: {exc})"
-        identifier = image_id(data) if data else ""
-        ids.append(identifier)
-        keys.append(id_key(identifier) if identifier else 0)
-        refs.append(row["ref"])
-        sources.append(row["source"])
-        errors.append(error or "")
+        elif not error:
+            error = "empty file"
+        out_errors.append(error or "")
         pixels.append(array)
     shapes = {a.shape for a in pixels if a is not None}
     if len(shapes) > 1:
@@ -65,13 +77,14 @@ def read_and_prepare(tasks: dict[str, Any], input_spec: Any, preprocess: Any, st
         blank = np.zeros(next(iter(shapes)), dtype=next(a for a in pixels if a is not None).dtype)
     else:
         blank = np.zeros((3, pre.input_size, pre.input_size), dtype=np.uint8)
+    n = len(ids)
     return {
-        "image_id": np.array(ids, dtype=object),
-        "key": np.array(keys, dtype=np.uint64),
-        "ref": np.array(refs, dtype=object),
-        "source": np.array(sources, dtype=object),
-        "error": np.array(errors, dtype=object),
-        "pixels": np.stack([a if a is not None else blank for a in pixels]),
+        "image_id": np.array([str(i) for i in ids], dtype=object),
+        "key": np.array([id_key(str(i)[:16]) if i else 0 for i in ids], dtype=np.uint64),
+        "ref": np.array(refs if refs is not None else [""] * n, dtype=object),
+        "source": np.array(sources if sources is not None else [""] * n, dtype=object),
+        "error": np.array(out_errors, dtype=object),
+        "pixels": np.stack([a if a is not None else blank for a in pixels]) if n else np.zeros((0, *blank.shape), blank.dtype),
     }
 
 

@@ -94,3 +94,12 @@ class RunLayout:
             with self.fs.open(name, "rb") as handle:
                 tables.append(pq.read_table(handle))
         return pa.concat_tables(tables) if tables else None
+
+
+def ray_parquet(fs: Any, paths: list[str], columns: list[str] | None = None):
+    """A Ray dataset over Parquet files of an fsspec filesystem (local or object storage)."""
+    import pyarrow.fs as pafs
+    import ray
+
+    filesystem = pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+    return ray.data.read_parquet(paths, filesystem=filesystem, columns=columns)

@@ -1,0 +1,95 @@
+"""Step 2A on Ray Data: caption every unique top image and crop of the run exactly once."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from dnd.store.cache import ContentCache, content_key
+
+
+def captioner_key(stage: Any) -> str:
+    """Cache identity of a captioner, from its config (no model needs loading to know it)."""
+    return content_key("caption", stage.backend, json.dumps(stage.options, sort_keys=True, default=str))
+
+
+def caption_schema():
+    import pyarrow as pa
+
+    return pa.schema([pa.field("key", pa.string()), pa.field("image_id", pa.string()), pa.field("caption", pa.string())])
+
+
+class CaptionActor:
+    """Holds one captioner; decodes a batch of stored images and captions them in one call."""
+
+    def __init__(self, stage_config: dict):
+        from dnd.captioning.base import CAPTIONERS
+        from dnd.config import CaptionerConfig
+        from dnd.registry import build_stage_backend
+
+        self.captioner = build_stage_backend(CAPTIONERS, CaptionerConfig.model_validate(stage_config))
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        from dnd.captioning.cleanup import clean_caption
+        from dnd.probe.decode import decode_rgb
+
+        images = [decode_rgb(bytes(data)) for data in batch["data"]]
+        captions = self.captioner.caption(images)
+        if len(captions) != len(images):
+            raise RuntimeError(f"captioner returned {len(captions)} captions for {len(images)} images")
+        return {"image_id": batch["image_id"], "caption": np.array([clean_caption(c or "") for c in captions], dtype=object)}
+
+
+def _keep_ids(batch: dict[str, Any], wanted: list[str]) -> dict[str, Any]:
+    mask = np.isin(batch["image_id"].astype(str), np.asarray(wanted, dtype=str))
+    return {name: values[mask] for name, values in batch.items()}
+
+
+def stored_images(layout: Any, ids: set[str], columns: list[str] | None = None):
+    """A Ray dataset of this run's stored top images and crops restricted to ``ids``."""
+    from dnd.store.layout import ray_parquet
+
+    parts = sorted(f for f in layout.fs.find(layout.images) if f.endswith(".parquet"))
+    dataset = ray_parquet(layout.fs, parts, columns=columns or ["image_id", "data"])
+    return dataset.map_batches(_keep_ids, fn_kwargs={"wanted": sorted(ids)}, batch_format="numpy", num_cpus=0.25)
+
+
+def run_captions(config: Any, step1: Any, rows: list[dict[str, Any]], layout: Any, log: Callable[[str], None]) -> dict:
+    import ray
+
+    from dnd.activations.step1 import _pool_kwargs
+
+    stage = config.captioner
+    started = time.time()
+    wanted = {t["image_id"] for row in rows for t in row["top_images"]}
+    model_key = captioner_key(stage)
+    cache = ContentCache(layout.cache, "captions", caption_schema(), config.output.storage_options)
+    keys = {image: content_key(model_key, image) for image in wanted}
+    cached = cache.lookup(keys.values())
+    captions = {image: cached[key]["caption"] for image, key in keys.items() if key in cached}
+    missing = wanted - set(captions)
+    log(f"step 2A: {len(wanted)} unique images to caption, {len(captions)} from cache")
+    if missing:
+        dataset = stored_images(layout, missing).map_batches(
+            CaptionActor,
+            fn_constructor_kwargs={"stage_config": stage.model_dump(mode="json")},
+            batch_size=stage.batch_size,
+            **_pool_kwargs(stage),
+        )
+        with cache.writer() as writer:
+            for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+                for image, caption in zip(batch["image_id"], batch["caption"]):
+                    image, caption = str(image), str(caption)
+                    captions[image] = caption
+                    writer.add({"key": keys[image], "image_id": image, "caption": caption})
+    lost = wanted - set(captions)
+    for row in rows:
+        row["captions"] = [{"image_id": t["image_id"], "caption": captions.get(t["image_id"], "")} for t in row["top_images"]]
+    log(f"step 2A: {len(missing)} images captioned in {time.time() - started:.1f}s")
+    return {
+        "captions": {"unique_images": len(wanted), "captioned": len(missing) - len(lost), "missing": len(lost),
+                     "empty": sum(1 for c in captions.values() if not c.strip()), "cache": cache.stats.as_dict()},
+    }

@@ -1,0 +1,127 @@
+"""Step 2B: candidate concepts for every neuron, sharing work across neurons.
+
+Each unique caption is simplified once (prompt 1 of A.1.3); each neuron then gets N summaries over
+seeded shuffles of its simplified captions (prompt 2), and identical caption lists — neurons with the
+same top images — are summarized once. Answers are cached by content, so reruns ask nothing again.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from dnd.store.cache import ContentCache, content_key
+
+#: LLM calls are sent, and cached, in chunks, so a crash loses at most one chunk of answers.
+CHUNK = 256
+
+
+def answer_schema():
+    import pyarrow as pa
+
+    return pa.schema([
+        pa.field("key", pa.string()),
+        pa.field("text", pa.string()),
+        pa.field("error", pa.string()),
+    ])
+
+
+def build_summarizer(config: Any) -> Any:
+    from dnd.backends import load_builtin_backends
+    from dnd.concepts.base import SUMMARIZERS
+
+    load_builtin_backends()
+    return SUMMARIZERS.create(config.summarizer.backend, **config.summarizer.options)
+
+
+def _ask(inputs: dict[str, Any], call: Callable[[list[Any]], list[Any]], cache: ContentCache) -> dict[str, Any]:
+    """Answers for ``inputs`` (cache key -> input): cached ones first, the rest asked in chunks.
+    Only successful answers are cached, so a failed call is retried by the next run."""
+    from dnd.concepts.base import Answer
+
+    cached = cache.lookup(inputs.keys())
+    answers = {key: Answer(row["text"], None) for key, row in cached.items()}
+    todo = [key for key in inputs if key not in answers]
+    with cache.writer() as writer:
+        for start in range(0, len(todo), CHUNK):
+            chunk = todo[start : start + CHUNK]
+            replies = call([inputs[key] for key in chunk])
+            for key, reply in zip(chunk, replies):
+                answers[key] = reply
+                if reply.ok:
+                    writer.add({"key": key, "text": reply.text, "error": None})
+            writer.flush()
+    return answers
+
+
+def run_concepts(config: Any, step1: Any, rows: list[dict[str, Any]], layout: Any, log: Callable[[str], None],
+                 summarizer: Any = None) -> dict:
+    from dnd.concepts.shuffles import summary_orders
+
+    started = time.time()
+    summarizer = summarizer or build_summarizer(config)
+    cache = ContentCache(layout.cache, "concepts", answer_schema(), config.output.storage_options)
+    n = config.summarizer.candidates
+
+    # 1. simplify each unique caption once
+    captions = sorted({c["caption"] for row in rows for c in row["captions"] if c["caption"].strip()})
+    simplified: dict[str, str] = {c: c for c in captions}
+    simplify_failures = 0
+    if config.summarizer.simplify and captions:
+        inputs = {content_key("simplify", summarizer.cache_key, c): c for c in captions}
+        answers = _ask(inputs, summarizer.simplify, cache)
+        for key, caption in inputs.items():
+            answer = answers[key]
+            if answer.ok:
+                simplified[caption] = answer.text
+            else:
+                simplify_failures += 1  # the raw caption still carries the information
+    log(f"step 2B: {len(captions)} unique captions simplified")
+
+    # 2. N summaries per neuron over seeded shuffles; identical lists are summarized once
+    per_neuron: list[list[list[str]]] = []
+    lists: dict[str, list[str]] = {}
+    for row in rows:
+        texts = [simplified[c["caption"]] for c in row["captions"] if c["caption"].strip()]
+        if not texts:
+            per_neuron.append([])
+            continue
+        orders = summary_orders(texts, n, config.seed, f"{row['layer']}/{row['neuron']}")
+        per_neuron.append(orders)
+        for order in orders:
+            lists.setdefault(content_key("summarize", summarizer.cache_key, *order), order)
+    answers = _ask(lists, summarizer.summarize, cache)
+    failed = 0
+    for row, orders in zip(rows, per_neuron):
+        if row["status"] != "ok":
+            continue
+        if not orders:
+            row["status"], row["error"] = "failed", "no caption: every top image got an empty caption"
+            failed += 1
+            continue
+        candidates, errors = [], []
+        for order in orders:
+            answer = answers[content_key("summarize", summarizer.cache_key, *order)]
+            if answer.ok:
+                candidates.append(answer.text)
+            else:
+                errors.append(answer.error or "no answer")
+        row["candidates"] = [{"concept": c, "score": None, "scores": None, "images": 0, "refused": None} for c in candidates]
+        if not candidates:
+            row["status"] = "failed"
+            row["error"] = f"no candidate concept: {errors[0] if errors else 'the summarizer gave no answer'}"
+            failed += 1
+        elif errors:
+            row["error"] = f"warning: {len(errors)} of {len(orders)} summaries failed ({errors[0]})"
+    usage = summarizer.usage.as_dict() if getattr(summarizer, "usage", None) is not None else {}
+    log(f"step 2B: {len(lists)} unique caption lists summarized in {time.time() - started:.1f}s; {failed} neurons without candidates")
+    return {
+        "concepts": {
+            "unique_captions": len(captions),
+            "simplify_failures": simplify_failures,
+            "unique_summaries": len(lists),
+            "neurons_without_candidates": failed,
+            "cache": cache.stats.as_dict(),
+            "usage": usage,
+        }
+    }

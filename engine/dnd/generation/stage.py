@@ -1,0 +1,173 @@
+"""Step 3, first half: Q images for every unique candidate concept of the run, generated once.
+
+Seeds are fixed per (run seed, concept, index), so a rerun — or another neuron proposing the same
+concept — gets the very same images, and the cache (keyed by generator config, prompt and seed)
+answers instead of the generator.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from dnd.store.cache import ContentCache, content_key
+
+
+def generated_schema():
+    import pyarrow as pa
+
+    return pa.schema([
+        pa.field("key", pa.string()),
+        pa.field("prompt", pa.string()),
+        pa.field("seed", pa.int64()),
+        pa.field("data", pa.binary()),
+        pa.field("refused", pa.string()),
+    ])
+
+
+def generator_key(stage: Any) -> str:
+    return content_key("generate", stage.backend, json.dumps(stage.options, sort_keys=True, default=str))
+
+
+def image_seed(run_seed: int, concept_key: str, index: int) -> int:
+    """A 31-bit seed from (run seed, concept, index): stable across processes and Python versions."""
+    digest = hashlib.sha256(f"{run_seed}|{concept_key}|{index}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+@dataclass
+class GeneratedSet:
+    """The generated images of every unique concept: ``images[u]`` lists (image_id, refused reason)."""
+
+    concepts: list[str]
+    images: list[list[tuple[str, str | None]]] = field(default_factory=list)
+    entry_keys: dict[str, str] = field(default_factory=dict)  # image_id -> cache key
+
+    def usable(self, u: int) -> list[str]:
+        return [image for image, refused in self.images[u] if refused is None]
+
+
+class GenerateActor:
+    def __init__(self, stage_config: dict, image_format: str = "png"):
+        from dnd.config import GeneratorConfig
+        from dnd.generation.base import GENERATORS
+        from dnd.registry import build_stage_backend
+
+        self.generator = build_stage_backend(GENERATORS, GeneratorConfig.model_validate(stage_config))
+        self.image_format = image_format
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        prompts = [str(p) for p in batch["prompt"]]
+        seeds = [int(s) for s in batch["seed"]]
+        try:
+            results = self.generator.generate(prompts, seeds)
+        except Exception as exc:  # one bad batch must not sink the run: every request in it is refused
+            results = None
+            failure = f"generator failed: {type(exc).__name__}: {exc}"
+        datas, refusals = [], []
+        for i in range(len(prompts)):
+            if results is None:
+                datas.append(b"")
+                refusals.append(failure)
+                continue
+            result = results[i]
+            if result.image is None:
+                datas.append(b"")
+                refusals.append(result.refused or "generator returned no image")
+                continue
+            buffer = io.BytesIO()
+            result.image.convert("RGB").save(buffer, format="PNG" if self.image_format == "png" else "JPEG")
+            datas.append(buffer.getvalue())
+            refusals.append("")
+        return {"key": batch["key"], "prompt": batch["prompt"], "seed": batch["seed"],
+                "data": np.array(datas, dtype=object), "refused": np.array(refusals, dtype=object)}
+
+
+def generated_image_id(entry_key: str) -> str:
+    return entry_key[:16]
+
+
+def run_generation(config: Any, concepts: list[str], layout: Any, log: Callable[[str], None]) -> tuple[GeneratedSet, dict]:
+    import ray
+
+    from dnd.activations.step1 import _pool_kwargs
+    from dnd.selection.dedupe import concept_key
+
+    stage = config.generator
+    started = time.time()
+    model_key = generator_key(stage)
+    q = stage.images_per_concept
+    requests: dict[str, dict[str, Any]] = {}
+    layout_per_concept: list[list[str]] = []
+    for concept in concepts:
+        keys = []
+        for index in range(q):
+            seed = image_seed(config.seed, concept_key(concept), index)
+            prompt = stage.prompt_template.format(concept)
+            key = content_key(model_key, prompt, seed)
+            requests[key] = {"key": key, "prompt": prompt, "seed": seed}
+            keys.append(key)
+        layout_per_concept.append(keys)
+    cache = ContentCache(layout.cache, "generated", generated_schema(), config.output.storage_options)
+    known = cache.lookup(requests.keys(), columns=["refused"])
+    refused: dict[str, str | None] = {key: (row["refused"] or None) for key, row in known.items()}
+    missing = [requests[key] for key in requests if key not in known]
+    log(f"step 3: {len(concepts)} unique candidate concepts x {q} images; {len(known)} from cache, {len(missing)} to generate")
+    if missing:
+        dataset = ray.data.from_items(missing).map_batches(
+            GenerateActor,
+            fn_constructor_kwargs={"stage_config": stage.model_dump(mode="json"), "image_format": config.output.image_format},
+            batch_size=stage.batch_size,
+            **_pool_kwargs(stage),
+        )
+        with cache.writer() as writer:
+            for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+                for i in range(len(batch["key"])):
+                    reason = str(batch["refused"][i]) or None
+                    key = str(batch["key"][i])
+                    refused[key] = reason
+                    writer.add({"key": key, "prompt": str(batch["prompt"][i]), "seed": int(batch["seed"][i]),
+                                "data": bytes(batch["data"][i]), "refused": reason})
+    generated = GeneratedSet(concepts)
+    for keys in layout_per_concept:
+        generated.images.append([(generated_image_id(k), refused.get(k, "not generated")) for k in keys])
+        for k in keys:
+            generated.entry_keys[generated_image_id(k)] = k
+    n_refused = sum(1 for r in refused.values() if r)
+    log(f"step 3: generation done in {time.time() - started:.1f}s ({n_refused} refused)")
+    return generated, {
+        "generation": {"unique_concepts": len(concepts), "images": len(requests), "generated": len(missing),
+                       "refused": n_refused, "cache": cache.stats.as_dict()}
+    }
+
+
+def generated_dataset(layout: Any, generated: GeneratedSet, storage_options: dict):
+    """A Ray dataset (image_id, data) of the usable generated images, read from the cache."""
+    from dnd.store.fs import url_to_fs
+    from dnd.store.layout import ray_parquet
+
+    wanted = {generated.entry_keys[i]: i for u in range(len(generated.concepts)) for i in generated.usable(u)}
+    cache = ContentCache(layout.cache, "generated", generated_schema(), storage_options)
+    parts = cache._parts()
+    fs, _ = url_to_fs(layout.cache, storage_options)
+    dataset = ray_parquet(fs, parts, columns=["key", "data"])
+    return dataset.map_batches(_select_generated, fn_kwargs={"wanted": wanted}, batch_format="numpy", num_cpus=0.25)
+
+
+def _select_generated(batch: dict[str, Any], wanted: dict[str, str]) -> dict[str, Any]:
+    keys = batch["key"].astype(str)
+    mask = np.array([k in wanted for k in keys], dtype=bool)
+    # The same entry may sit in two part files (two runs racing); keep each image once.
+    chosen, seen = [], set()
+    for i in np.nonzero(mask)[0]:
+        if keys[i] not in seen:
+            seen.add(keys[i])
+            chosen.append(i)
+    index = np.asarray(chosen, dtype=np.int64)
+    return {"image_id": np.array([wanted[keys[i]] for i in index], dtype=object), "data": batch["data"][index]}

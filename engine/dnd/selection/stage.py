@@ -1,0 +1,231 @@
+"""Step 3, second half: activations and CLIP embeddings of the generated images, then scoring.
+
+Every generated image goes through the target model once, for all neurons of all layers; each
+neuron keeps only the activations of its own candidates' images (N x Q values), so driver memory
+grows with neurons x N x Q, not with neurons x all generated images.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from typing import Any, Callable
+
+import numpy as np
+
+from dnd.store.cache import ContentCache, content_key
+
+SCORE_NAMES = ("mean", "topk_squared", "image_products", "topk_squared_image_products")
+
+
+def embedding_schema():
+    import pyarrow as pa
+
+    return pa.schema([pa.field("key", pa.string()), pa.field("embedding", pa.list_(pa.float32()))])
+
+
+def embedder_key(stage: Any) -> str:
+    return content_key("embed", stage.backend, json.dumps(stage.options, sort_keys=True, default=str))
+
+
+class EmbedActor:
+    """One CLIP embedder; rows carry either an encoded image (``data``) or a text (``text``)."""
+
+    def __init__(self, stage_config: dict):
+        from dnd.config import EmbedderConfig
+        from dnd.registry import build_stage_backend
+        from dnd.selection.embedder import EMBEDDERS
+
+        self.embedder = build_stage_backend(EMBEDDERS, EmbedderConfig.model_validate(stage_config))
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        from dnd.probe.decode import decode_rgb
+
+        if "text" in batch:
+            vectors = self.embedder.embed_texts([str(t) for t in batch["text"]])
+            ids = batch["text"]
+        else:
+            vectors = self.embedder.embed_images([decode_rgb(bytes(d)) for d in batch["data"]])
+            ids = batch["image_id"]
+        return {"id": ids, "embedding": np.asarray(vectors, dtype=np.float32)}
+
+
+def _embed(config: Any, layout: Any, dataset: Any, keys: dict[str, str], log: Callable[[str], None],
+           what: str) -> dict[str, np.ndarray]:
+    """Embeddings for ``keys`` (item -> cache key): cached ones, plus ``dataset``'s rows for the rest."""
+    from dnd.activations.step1 import _pool_kwargs
+
+    stage = config.selection.embedder
+    cache = ContentCache(layout.cache, "embeddings", embedding_schema(), config.output.storage_options)
+    found = cache.lookup(keys.values())
+    out = {item: np.asarray(found[key]["embedding"], dtype=np.float32) for item, key in keys.items() if key in found}
+    missing = {item for item in keys if item not in out}
+    if missing:
+        embedded = dataset(missing).map_batches(
+            EmbedActor, fn_constructor_kwargs={"stage_config": stage.model_dump(mode="json")},
+            batch_size=stage.batch_size, **_pool_kwargs(stage),
+        )
+        with cache.writer() as writer:
+            for batch in embedded.iter_batches(batch_size=None, batch_format="numpy"):
+                for item, vector in zip(batch["id"], batch["embedding"]):
+                    item = str(item)
+                    out[item] = np.asarray(vector, dtype=np.float32)
+                    writer.add({"key": keys[item], "embedding": out[item].tolist()})
+    log(f"step 3: {len(keys)} {what} embedded ({len(keys) - len(missing)} from cache)")
+    return out
+
+
+def run_selection(config: Any, step1: Any, rows: list[dict[str, Any]], layout: Any, log: Callable[[str], None]) -> dict:
+    import ray
+
+    from dnd.activations.actors import ProbeActivations, prepare_encoded
+    from dnd.activations.step1 import _pool_kwargs
+    from dnd.captioning.stage import stored_images
+    from dnd.generation.stage import generated_dataset, run_generation
+    from dnd.models.target import build_target
+    from dnd.selection.dedupe import unique_concepts
+
+    started = time.time()
+    active = [r for r in rows if r["status"] == "ok" and r["candidates"]]
+    if not active:
+        return {}
+    # Candidates repeated within one neuron (same text up to case/space) are scored once.
+    concepts, index = unique_concepts([[c["concept"] for c in r["candidates"]] for r in active])
+    for row, positions in zip(active, index):
+        kept, seen = [], set()
+        for candidate, u in zip(row["candidates"], positions):
+            if u not in seen:
+                seen.add(u)
+                kept.append({**candidate, "_u": u})
+        row["candidates"] = kept
+    generated, counts = run_generation(config, concepts, layout, log)
+
+    # ---- the target model on every usable generated image, once --------------------------------
+    owner = {image: u for u in range(len(concepts)) for image in generated.usable(u)}
+    layer_index = {layer.name: i for i, layer in enumerate(step1.layers)}
+    position = [{n: p for p, n in enumerate(layer.neurons)} for layer in step1.layers]
+    needs: dict[int, list[tuple[int, int, int]]] = defaultdict(list)  # u -> (row, layer, position)
+    for r, row in enumerate(active):
+        li = layer_index[row["layer"]]
+        for candidate in row["candidates"]:
+            needs[candidate["_u"]].append((r, li, position[li][row["neuron"]]))
+    values: list[dict[str, float]] = [dict() for _ in active]  # per neuron: generated image -> activation
+    target = build_target(config.target.model, config.target.weights, None, config.target.options)
+    spec, preprocess = target.input_spec, target.preprocess
+    del target
+    if owner:
+        acts = generated_dataset(layout, generated, config.output.storage_options).map_batches(
+            prepare_encoded, fn_kwargs={"input_spec": spec, "preprocess": preprocess}, batch_format="numpy", num_cpus=0.25,
+        ).map_batches(
+            ProbeActivations,
+            fn_constructor_kwargs={"target_config": config.target.model_dump(mode="json"),
+                                   "layers": [l.name for l in step1.layers],
+                                   "neurons": [l.neurons for l in step1.layers], "summary": config.step1.summary},
+            batch_size=config.target.batch_size, **_pool_kwargs(config.target),
+        )
+        for batch in acts.iter_batches(batch_size=None, batch_format="numpy"):
+            for i, image in enumerate(batch["image_id"]):
+                image = str(image)
+                for r, li, p in needs.get(owner.get(image, -1), ()):
+                    values[r][image] = float(batch[f"act_{li}"][i, p])
+    counts["generation"]["target_forward_images"] = len(owner)
+
+    # ---- CLIP embeddings: neurons' top images, generated images, candidate texts -------------
+    stage = config.selection.embedder
+    image_emb: dict[str, np.ndarray] = {}
+    text_emb: dict[str, np.ndarray] = {}
+    if stage is not None:
+        model_key = embedder_key(stage)
+        top_ids = {t["image_id"] for r in active for t in r["top_images"]}
+        image_emb = _embed(
+            config, layout, lambda ids: stored_images(layout, ids), {i: content_key(model_key, "image", i) for i in top_ids},
+            log, "top images",
+        )
+        gen_ids = set(owner)
+        image_emb.update(_embed(
+            config, layout,
+            lambda ids: generated_dataset(layout, generated, config.output.storage_options).map_batches(
+                _keep, fn_kwargs={"wanted": sorted(ids)}, batch_format="numpy"),
+            {i: content_key(model_key, "image", i) for i in gen_ids}, log, "generated images",
+        ))
+        texts = sorted({c["concept"] for r in active for c in r["candidates"]})
+        text_emb = _embed(
+            config, layout, lambda items: ray.data.from_items([{"text": t} for t in sorted(items)]),
+            {t: content_key(model_key, "text", t) for t in texts}, log, "candidate concepts",
+        )
+
+    # ---- scores, label and multiple labels per neuron ------------------------------------------
+    from dnd.selection.multilabel import multiple_labels, text_similarity
+    from dnd.selection.scoring import score_all, select_best
+
+    for r, row in enumerate(active):
+        candidates = row["candidates"]
+        image_ids, concept_of = [], []
+        for j, candidate in enumerate(candidates):
+            usable = [i for i in generated.usable(candidate["_u"]) if i in values[r]]
+            image_ids.extend(usable)
+            concept_of.extend([j] * len(usable))
+            candidate["images"] = len(usable)
+            reasons = sorted({reason for _, reason in generated.images[candidate["_u"]] if reason})
+            candidate["refused"] = "; ".join(reasons) or None
+        activations = np.array([values[r][i] for i in image_ids], dtype=np.float64)
+        top_emb = gen_emb = None
+        if stage is not None:
+            tops = [image_emb[t["image_id"]] for t in row["top_images"] if t["image_id"] in image_emb]
+            if tops and all(i in image_emb for i in image_ids):
+                top_emb = np.stack(tops)
+                gen_emb = np.stack([image_emb[i] for i in image_ids]) if image_ids else np.zeros((0, tops[0].shape[0]))
+        scores = score_all(activations, np.asarray(concept_of, dtype=np.int64), len(candidates), top_emb, gen_emb,
+                           beta=config.selection.beta, t=config.selection.top_t)
+        chosen = scores[config.selection.scoring]
+        names = [c["concept"] for c in candidates]
+        for j, candidate in enumerate(candidates):
+            candidate["scores"] = {name: _finite_or_none(scores[name][j]) for name in SCORE_NAMES}
+            candidate["score"] = _finite_or_none(chosen[j])
+            candidate.pop("_u", None)
+        if np.isnan(chosen).all() or not np.isfinite(chosen).any():
+            # No generated image for any candidate (all refused) or the function is unavailable:
+            # fall back to the paper's Step-3-free label, the first summary's candidate.
+            row["label"] = names[0]
+            row["labels"] = [names[0]]
+            row["error"] = _join(row["error"], "warning: no generated image could score the candidates; label is the first summary")
+            continue
+        best = select_best(chosen, names)
+        row["label"] = names[best]
+        if text_emb and all(n in text_emb for n in names):
+            similarity = text_similarity(np.stack([text_emb[n] for n in names]))
+            row["labels"] = multiple_labels(names, chosen, similarity, config.selection.multilabel_similarity)
+        else:
+            row["labels"] = [names[best]]
+        # Candidates are reported best first: the table reads as the ranking it is.
+        order = sorted(range(len(candidates)), key=lambda j: (-(candidates[j]["score"] if candidates[j]["score"] is not None else -np.inf), j))
+        row["candidates"] = [candidates[j] for j in order]
+    counts["selection"] = {"neurons_scored": len(active), "seconds": round(time.time() - started, 3)}
+    return counts
+
+
+def label_without_selection(rows: list[dict[str, Any]]) -> None:
+    """Step 3 switched off: the first summary's candidate is the label (paper 3.3)."""
+    for row in rows:
+        if row["status"] == "ok" and row["candidates"]:
+            names = []
+            for c in row["candidates"]:
+                if c["concept"] not in names:
+                    names.append(c["concept"])
+            row["label"] = names[0]
+            row["labels"] = names
+
+
+def _keep(batch: dict[str, Any], wanted: list[str]) -> dict[str, Any]:
+    mask = np.isin(batch["image_id"].astype(str), np.asarray(wanted, dtype=str))
+    return {name: values[mask] for name, values in batch.items()}
+
+
+def _finite_or_none(value: float) -> float | None:
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def _join(existing: str, message: str) -> str:
+    return f"{existing}; {message}" if existing else message

@@ -1,0 +1,121 @@
+"""Content-addressed caches of model outputs (captions, LLM answers, generated images, embeddings).
+
+A cache entry's key is the hash of the backend's ``cache_key`` (model id and every output-affecting
+parameter) and the input, so a rerun of the same config recomputes nothing and a changed parameter
+recomputes only what it touches. Entries live as Parquet part files under ``<cache>/<name>/``;
+each run appends one new part, so concurrent or interrupted runs never corrupt earlier entries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from dnd.store.fs import join, url_to_fs
+
+
+def content_key(*parts: Any) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        data = part if isinstance(part, bytes) else str(part).encode()
+        digest.update(len(data).to_bytes(8, "little"))
+        digest.update(data)
+    return digest.hexdigest()[:32]
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"hits": self.hits, "misses": self.misses}
+
+
+@dataclass
+class ContentCache:
+    """One named cache table: ``key`` (string) plus the columns of ``schema``."""
+
+    root: str
+    name: str
+    schema: Any
+    storage_options: dict = field(default_factory=dict)
+    stats: CacheStats = field(default_factory=CacheStats)
+
+    def __post_init__(self) -> None:
+        self.fs, base = url_to_fs(self.root, self.storage_options)
+        self.path = join(base, self.name)
+
+    def _parts(self) -> list[str]:
+        if not self.fs.exists(self.path):
+            return []
+        return sorted(f for f in self.fs.find(self.path) if f.endswith(".parquet"))
+
+    def lookup(self, keys: Iterable[str], columns: list[str] | None = None) -> dict[str, dict[str, Any]]:
+        """Cached rows for ``keys``; counts hits and misses."""
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        wanted = set(keys)
+        found: dict[str, dict[str, Any]] = {}
+        if wanted:
+            import pyarrow as pa
+
+            wanted_array = pa.array(sorted(wanted), type=pa.string())
+            for part in self._parts():
+                with self.fs.open(part, "rb") as handle:
+                    table = pq.read_table(handle, columns=None if columns is None else ["key", *columns])
+                table = table.filter(pc.is_in(table.column("key"), value_set=wanted_array))
+                for row in table.to_pylist():
+                    found.setdefault(row["key"], row)
+        self.stats.hits += len(found)
+        self.stats.misses += len(wanted) - len(found)
+        return found
+
+    def writer(self) -> "CacheWriter":
+        return CacheWriter(self)
+
+
+class CacheWriter:
+    """Buffers new entries and writes them as one part file (plus more every ``flush_rows``)."""
+
+    def __init__(self, cache: ContentCache, flush_rows: int = 2000):
+        self.cache = cache
+        self.rows: list[dict[str, Any]] = []
+        self.flush_rows = flush_rows
+        self.written = 0
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        if len(self.rows) >= self.flush_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.rows:
+            return
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from dnd.store.retry import with_retries
+
+        table = pa.Table.from_pylist(self.rows, schema=self.cache.schema)
+        fs = self.cache.fs
+        fs.makedirs(self.cache.path, exist_ok=True)
+        path = join(self.cache.path, f"part-{uuid.uuid4().hex}.parquet")
+
+        def write() -> None:
+            with fs.open(path, "wb") as handle:
+                pq.write_table(table, handle)
+
+        with_retries(write, what=f"write cache {self.cache.name}")
+        self.written += len(self.rows)
+        self.rows = []
+
+    def __enter__(self) -> "CacheWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        # Whatever was computed before a failure is kept: a rerun must not pay for it twice.
+        self.flush()
