@@ -360,13 +360,12 @@ def config_reference() -> str:
             default = "required" if field.is_required() else repr(field.get_default(call_default_factory=False)) if field.default_factory is None else "(section)"
             lines.append(f"| `{key}` | {default} | {field.description or ''} |")
             if nested is not None:
-                walk(nested, key + ".")
+                is_list = getattr(annotation, "__origin__", None) is list
+                walk(nested, key + ("[]." if is_list else "."))
 
     lines.append("| key | default | meaning |")
     lines.append("| --- | --- | --- |")
     walk(RunConfig, "")
-    lines.append(f"| `probe.sources[].*` | | |")
-    walk(ProbeSource, "probe.sources[].")
     return "\n".join(lines)
 
 

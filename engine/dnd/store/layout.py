@@ -102,4 +102,5 @@ def ray_parquet(fs: Any, paths: list[str], columns: list[str] | None = None):
     import ray
 
     filesystem = pafs.PyFileSystem(pafs.FSSpecHandler(fs))
-    return ray.data.read_parquet(paths, filesystem=filesystem, columns=columns)
+    dataset = ray.data.read_parquet(paths, filesystem=filesystem)
+    return dataset.select_columns(columns) if columns else dataset
