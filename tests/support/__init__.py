@@ -1,0 +1,1 @@
+"""Local servers and helpers that tests talk to over loopback."""
