@@ -158,6 +158,7 @@ def run_step1(config: Any, layers: list[LayerPlan], read_tasks: list[Any], layou
         rows, cols = np.nonzero(np.isfinite(state.values))
         for position, slot in zip(rows, cols):
             targets[int(state.keys[position, slot])].append([i, layer.neurons[position]])
+    positions = [{neuron: p for p, neuron in enumerate(layer.neurons)} for layer in layers]
     crops: dict[int, CropInfo] = {}
     crop_acts: dict[tuple[int, int], list[tuple[int, float]]] = defaultdict(list)
     final = [state.copy() for state in topk]
@@ -223,7 +224,7 @@ def run_step1(config: Any, layers: list[LayerPlan], read_tasks: list[Any], layou
                 # Each crop's activation for the neurons whose maps made it, for the report.
                 for row in index:
                     for layer_index, neuron in json.loads(str(batch["made_for"][row])):
-                        position = layers[layer_index].neurons.index(neuron)
+                        position = positions[layer_index][neuron]
                         crop_acts[(layer_index, position)].append(
                             (int(batch["key"][row]), float(batch[f"act_{layer_index}"][row][position]))
                         )
