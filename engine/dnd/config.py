@@ -315,6 +315,15 @@ def _format_validation_error(error: ValidationError, origin: str) -> str:
     return "\n".join(lines)
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's error on one line: what is wrong and where (its own text spans several lines)."""
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if not problem:
+        return " ".join(str(exc).split())
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
+
+
 def load_config(source: Any, overrides: list[str] | None = None) -> RunConfig:
     """Build a RunConfig from a YAML path, a YAML string, a dict or a RunConfig, then apply overrides."""
     overrides = overrides or []
@@ -336,7 +345,7 @@ def load_config(source: Any, overrides: list[str] | None = None) -> RunConfig:
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config {origin} is not valid YAML: {exc}") from None
+            raise ConfigError(f"config {origin} is not valid YAML: {_yaml_problem(exc)}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config {origin} must be a YAML mapping of sections, got {type(data).__name__}")
     else:

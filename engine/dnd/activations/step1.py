@@ -102,6 +102,9 @@ def run_step1(config: Any, layers: list[LayerPlan], read_tasks: list[Any], layou
         **_pool_kwargs(config.target),
     )
     topk = [StreamingTopK(len(layer.neurons), config.step1.top_k) for layer in layers]
+    source_rank: dict[str, int] = {}
+    for task in read_tasks:
+        source_rank.setdefault(task.source, len(source_rank))
     seen: dict[int, ProbeImage] = {}
     skipped: dict[str, list[str]] = defaultdict(list)
     skip_counts: Counter[str] = Counter()
@@ -119,13 +122,21 @@ def run_step1(config: Any, layers: list[LayerPlan], read_tasks: list[Any], layou
                     skipped[reason].append(f"{ref}: {error}")
                 continue
             key = int(key)
+            image = ProbeImage(str(batch["image_id"][row]), ref, str(batch["source"][row]))
             if key in seen:
+                # The same bytes twice: one image. Which copy is recorded must not depend on the
+                # order Ray delivers batches in, so the earlier source (then the smaller ref) wins.
+                kept = seen[key]
+                if (source_rank.get(image.source, 0), image.ref) < (source_rank.get(kept.source, 0), kept.ref):
+                    seen[key], image, kept = image, kept, image
+                    per_source[kept.source] -= 1
+                    per_source[seen[key].source] += 1
                 skip_counts["duplicate image"] += 1
                 if len(skipped["duplicate image"]) < MAX_NAMED_SKIPS:
-                    skipped["duplicate image"].append(f"{ref}: same bytes as {seen[key].ref}")
+                    skipped["duplicate image"].append(f"{image.ref}: same bytes as {seen[key].ref}")
                 continue
-            seen[key] = ProbeImage(str(batch["image_id"][row]), ref, str(batch["source"][row]))
-            per_source[seen[key].source] += 1
+            seen[key] = image
+            per_source[image.source] += 1
             keep.append(row)
         if keep:
             index = np.asarray(keep)

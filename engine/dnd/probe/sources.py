@@ -71,6 +71,8 @@ def plan_reads(probe: Any) -> tuple[list[ReadTask], dict[str, int]]:
     extensions = tuple(e.lower() for e in probe.extensions)
     for source in probe.sources:
         name = _source_name(source)
+        if name in counts:  # two folders both called "images": keep their counts apart
+            name = f"{name}#{len(counts) + 1}"
         if source.uri.startswith(SCHEME):
             _, n, _, _ = parse_generated(source.uri)
             n = min(n, source.limit) if source.limit else n
@@ -92,7 +94,10 @@ def plan_reads(probe: Any) -> tuple[list[ReadTask], dict[str, int]]:
             files = [root]
         kind = source.kind
         if kind == "auto":
-            kind = "parquet" if files and all(_is_parquet(f) for f in files) else "folder"
+            # Parquet shards often sit beside a dataset card, _SUCCESS or .crc files: Parquet and no
+            # image file is a Parquet source.
+            has_parquet = any(_is_parquet(f) for f in files)
+            kind = "parquet" if has_parquet and not any(f.lower().endswith(extensions) for f in files) else "folder"
         if kind == "parquet":
             parquet_files = [f for f in files if _is_parquet(f)] or files
             new = _plan_parquet(fs, parquet_files, name, source, probe.files_per_read_task * 4)
@@ -120,14 +125,16 @@ def _plan_parquet(fs: Any, files: list[str], name: str, source: Any, rows_per_ta
     tasks: list[ReadTask] = []
     remaining = source.limit
     for path in files:
-        with fs.open(path, "rb") as handle:
-            meta = pq.ParquetFile(handle)
-            if source.image_column not in meta.schema_arrow.names:
-                raise ConfigError(
-                    f"Parquet probe file {path!r} has no column {source.image_column!r}; "
-                    f"its columns are {meta.schema_arrow.names}"
-                )
-            rows = meta.metadata.num_rows
+        try:
+            with fs.open(path, "rb") as handle:
+                meta = pq.ParquetFile(handle)
+                names, rows = meta.schema_arrow.names, meta.metadata.num_rows
+        except Exception as exc:  # a corrupt or half-uploaded shard: name it rather than a pyarrow traceback
+            raise ConfigError(f"Parquet probe file {path!r} cannot be read: {type(exc).__name__}: {exc}") from None
+        if source.image_column not in names:
+            raise ConfigError(
+                f"Parquet probe file {path!r} has no column {source.image_column!r}; its columns are {names}"
+            )
         if remaining is not None:
             rows = min(rows, remaining)
             remaining -= rows
