@@ -138,17 +138,19 @@ def run_selection(config: Any, step1: Any, rows: list[dict[str, Any]], layout: A
     if stage is not None:
         model_key = embedder_key(stage)
         top_ids = {t["image_id"] for r in active for t in r["top_images"]}
-        image_emb = _embed(
-            config, layout, lambda ids: stored_images(layout, ids), {i: content_key(model_key, "image", i) for i in top_ids},
-            log, "top images",
-        )
         gen_ids = set(owner)
-        image_emb.update(_embed(
-            config, layout,
-            lambda ids: generated_dataset(layout, generated, config.output.storage_options).map_batches(
-                _keep, fn_kwargs={"wanted": sorted(ids)}, batch_format="numpy"),
-            {i: content_key(model_key, "image", i) for i in gen_ids}, log, "generated images",
-        ))
+
+        def images_to_embed(ids: set[str]):
+            # One pass (one actor pool) for the neurons' top images and the generated images.
+            stored = stored_images(layout, ids & top_ids)
+            made = generated_dataset(layout, generated, config.output.storage_options).map_batches(
+                _keep, fn_kwargs={"wanted": sorted(ids & gen_ids)}, batch_format="numpy")
+            return stored.union(made)
+
+        image_emb = _embed(
+            config, layout, images_to_embed,
+            {i: content_key(model_key, "image", i) for i in top_ids | gen_ids}, log, "top and generated images",
+        )
         texts = sorted({c["concept"] for r in active for c in r["candidates"]})
         text_emb = _embed(
             config, layout, lambda items: ray.data.from_items([{"text": t} for t in sorted(items)]),
