@@ -28,6 +28,7 @@ _OPTIONAL_MODULES = (
     "dnd.concepts.extractive",
     "dnd.synthetic.captioner",
     "dnd.synthetic.generator",
+    "dnd.synthetic.embedder",
 )
 
 _loaded = False

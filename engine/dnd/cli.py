@@ -59,6 +59,29 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from dnd.synthetic.demo import demo_config, run_demo
+
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(demo_config(args.out), sort_keys=False))
+        return 0
+    results, summary = run_demo(args.out, probe_images=args.images)
+    status = results.manifest["counts"]["status"]
+    print(f"results: {results.uri}   (dnd show {results.uri})")
+    print(f"neurons: {sum(status.values())}  status: {status}  time: {results.manifest['timings_s']['total_s']:.0f}s")
+    for layer, accuracy in summary["accuracy"].items():
+        print(f"recovered {layer}: {accuracy:.0%} of {summary['neurons'][layer]} neurons named their planted concept")
+    for kind, accuracy in summary["accuracy_by_kind"].items():
+        print(f"  {kind:<14} {accuracy:.0%}")
+    if summary["polysemantic_both_named"] is not None:
+        print(f"  polysemantic neurons with both concepts among their labels: {summary['polysemantic_both_named']:.0%}")
+    for miss in summary["misses"][:10]:
+        print(f"  missed {miss['layer']}/{miss['neuron']}: truth {miss['truth']}, label {miss['label']!r}")
+    return 0 if all(n == 0 for s, n in status.items() if s != "ok") else 3
+
+
 def _cmd_config_reference(_args: argparse.Namespace) -> int:
     from dnd.config import config_reference
 
@@ -77,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="run configuration YAML")
     _add_config_args(p)
     p.set_defaults(func=_cmd_dissect)
+
+    p = sub.add_parser("demo", help="run the whole engine offline on the built-in planted-concept world and score it")
+    p.add_argument("--out", default="dnd-demo", metavar="URI", help="output location (default ./dnd-demo)")
+    p.add_argument("--images", type=int, default=600, help="probe images (default 600)")
+    p.add_argument("--print-config", action="store_true", help="print the demo's run configuration and exit")
+    p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("layers", help="list a model's layers with their neuron counts (no weights are downloaded)")
     p.add_argument("model", help="model spec, e.g. torchvision:resnet50")

@@ -71,3 +71,20 @@ def _accepts(factory: Callable[..., Any], option: str) -> bool:
     except (TypeError, ValueError):
         return False
     return option in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+
+
+def backend_code_digest(registry: Registry[Any], name: str) -> str:
+    """A digest of the source of the module defining backend ``name``: part of cache keys, so that
+    changed backend code (a fixed caption clean-up, a new renderer) never serves stale outputs."""
+    import hashlib
+    import inspect
+
+    from dnd.backends import load_builtin_backends
+
+    load_builtin_backends()
+    factory = registry.get(name)
+    try:
+        source = inspect.getsource(inspect.getmodule(factory))
+    except (OSError, TypeError):
+        source = f"{factory.__module__}.{getattr(factory, '__qualname__', '')}"
+    return hashlib.sha256(source.encode()).hexdigest()[:16]

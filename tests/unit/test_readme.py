@@ -14,7 +14,7 @@ def test_config_reference_in_readme_is_current():
 def test_two_setup_commands_at_the_top():
     block = README.split("```bash", 1)[1].split("```", 1)[0].strip().splitlines()
     assert len(block) == 2
-    assert block[0].startswith("pip install -e . && dnd ")
+    assert block[0].startswith("pip install -e . && dnd demo")
     assert block[1].startswith('pip install -e ".[test]" && python -m pytest')
     ci = (Path(__file__).resolve().parents[2] / ".ci" / "run").read_text()
     assert block[1].split("#")[0].strip() in ci

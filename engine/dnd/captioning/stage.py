@@ -13,7 +13,11 @@ from dnd.store.cache import ContentCache, content_key
 
 def captioner_key(stage: Any) -> str:
     """Cache identity of a captioner, from its config (no model needs loading to know it)."""
-    return content_key("caption", stage.backend, json.dumps(stage.options, sort_keys=True, default=str))
+    from dnd.captioning.base import CAPTIONERS
+    from dnd.registry import backend_code_digest
+
+    return content_key("caption", stage.backend, backend_code_digest(CAPTIONERS, stage.backend),
+                       json.dumps(stage.options, sort_keys=True, default=str))
 
 
 def caption_schema():

@@ -29,8 +29,9 @@ from dnd.errors import ConfigError
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
-# Grammatical words and BLIP's filler; a candidate phrase may contain them ("spool of cable") but
-# may not start or end with them ("of cable", "red door and").
+# Grammatical words and BLIP's filler ("a close up of a ... surface", "... on a white background");
+# a candidate phrase may contain them ("spool of cable") but may not start or end with them
+# ("of cable", "red door and", "gray background").
 STOPWORDS = frozenset(
     """
     a an the of in on at to for by with from and or but nor is are was were be been being am it its
@@ -41,6 +42,7 @@ STOPWORDS = frozenset(
     between through during before after above below against about around along across
     sitting standing sits stands lying laying holding looking picture image photo photograph
     close closeup view blurry arafed araffe arafe araffes arafed
+    background backdrop surface shot
     """.split()
 )
 # Opening words of a caption that describe the picture rather than its content.

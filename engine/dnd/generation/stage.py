@@ -32,7 +32,11 @@ def generated_schema():
 
 
 def generator_key(stage: Any) -> str:
-    return content_key("generate", stage.backend, json.dumps(stage.options, sort_keys=True, default=str))
+    from dnd.generation.base import GENERATORS
+    from dnd.registry import backend_code_digest
+
+    return content_key("generate", stage.backend, backend_code_digest(GENERATORS, stage.backend),
+                       json.dumps(stage.options, sort_keys=True, default=str))
 
 
 def image_seed(run_seed: int, concept_key: str, index: int) -> int:

@@ -18,6 +18,17 @@ SCHEME = "gen://"
 
 PROBE_RENDERERS: Registry[Callable[[int, int, int], bytes]] = Registry("generated probe renderer")
 
+#: Renderers that live in other modules, imported on first use (also inside Ray workers).
+_RENDERER_MODULES = {"planted": "dnd.synthetic.probe"}
+
+
+def renderer(name: str) -> Callable[[int, int, int], bytes]:
+    if name not in PROBE_RENDERERS.names() and name in _RENDERER_MODULES:
+        import importlib
+
+        importlib.import_module(_RENDERER_MODULES[name])
+    return PROBE_RENDERERS.get(name)
+
 
 def parse_generated(uri: str) -> tuple[str, int, int, int]:
     """(renderer, n, seed, size) of a gen:// URI."""
@@ -32,7 +43,7 @@ def parse_generated(uri: str) -> tuple[str, int, int, int]:
         raise ConfigError(f"generated probe {uri!r}: n, seed and size must be integers") from None
     if n < 1 or size < 8:
         raise ConfigError(f"generated probe {uri!r}: expected n >= 1 and size >= 8")
-    PROBE_RENDERERS.get(name)
+    renderer(name)
     return name, n, seed, size
 
 
@@ -43,7 +54,7 @@ def generated_ref(uri: str, index: int) -> str:
 def render_ref(ref: str) -> bytes:
     uri, _, index = ref.rpartition("#i=")
     name, _, seed, size = parse_generated(uri)
-    return PROBE_RENDERERS.get(name)(seed, int(index), size)
+    return renderer(name)(seed, int(index), size)
 
 
 @PROBE_RENDERERS.register("shapes")

@@ -26,7 +26,11 @@ def embedding_schema():
 
 
 def embedder_key(stage: Any) -> str:
-    return content_key("embed", stage.backend, json.dumps(stage.options, sort_keys=True, default=str))
+    from dnd.selection.embedder import EMBEDDERS
+    from dnd.registry import backend_code_digest
+
+    return content_key("embed", stage.backend, backend_code_digest(EMBEDDERS, stage.backend),
+                       json.dumps(stage.options, sort_keys=True, default=str))
 
 
 class EmbedActor:
