@@ -58,10 +58,12 @@ def init_ray(config: RunConfig) -> None:
         if config.ray.object_store_memory:
             kwargs["object_store_memory"] = config.ray.object_store_memory
         kwargs["include_dashboard"] = False
-    # The package itself must be importable in workers even when it is not installed there.
-    engine_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [engine_dir, os.environ.get("PYTHONPATH", "")])),
-                                          "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}}
+    if not address:
+        # A local cluster's workers must import this very package (an editable checkout included)
+        # and share the driver's offline setting; on a remote cluster the job's runtime_env decides.
+        engine_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        path = os.pathsep.join(filter(None, [engine_dir, os.environ.get("PYTHONPATH", "")]))
+        kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": path, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}}
     ray.init(**kwargs)
     import ray.data
 
