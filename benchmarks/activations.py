@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -187,7 +188,7 @@ class TreeSampler:
         self.peak_rss_sum = 0
         self.peak_pss_sum = 0
         self.peak_driver = 0
-        self.peak_driver_uss = 0
+        self.peak_driver_anon = 0
         self.peak_process: dict[int, tuple[int, str]] = {}
         self.max_processes = 0
         self.samples = 0
@@ -222,8 +223,6 @@ class TreeSampler:
                     if pss_ok:
                         info = process.memory_full_info()
                         pss_sum += info.pss
-                        if process.pid == self.pid:
-                            self.peak_driver_uss = max(self.peak_driver_uss, info.uss)
                     else:
                         info = process.memory_info()
                     rss = info.rss
@@ -232,6 +231,9 @@ class TreeSampler:
                 rss_sum += rss
                 if process.pid == self.pid:
                     self.peak_driver = max(self.peak_driver, rss)
+                    # Anonymous pages only: RSS less file-backed and shared-memory pages (the object
+                    # store the driver maps and reads batches from counts in its RSS, not in this).
+                    self.peak_driver_anon = max(self.peak_driver_anon, rss - info.shared)
                 if rss > self.peak_process.get(process.pid, (0, ""))[0]:
                     try:
                         name = " ".join(process.cmdline()[:1])[:60] or process.name()
@@ -243,7 +245,7 @@ class TreeSampler:
                 self.peak_pss_sum = max(self.peak_pss_sum, pss_sum)
                 if self.trace:
                     log(f"memory trace t={tick * self.interval:.0f}s processes={len(processes)} rss_sum={rss_sum / MB:.0f}MB "
-                        f"pss_sum={pss_sum / MB:.0f}MB driver_uss={self.peak_driver_uss / MB:.0f}MB (peak so far)")
+                        f"pss_sum={pss_sum / MB:.0f}MB driver_anon_peak={self.peak_driver_anon / MB:.0f}MB")
             self.max_processes = max(self.max_processes, len(processes))
             self.samples += 1
             tick += 1
@@ -255,7 +257,7 @@ class TreeSampler:
             "peak_rss_sum_mb": round(self.peak_rss_sum / MB, 1),
             "peak_pss_sum_mb": round(self.peak_pss_sum / MB, 1),
             "peak_driver_rss_mb": round(self.peak_driver / MB, 1),
-            "peak_driver_uss_mb": round(self.peak_driver_uss / MB, 1),
+            "peak_driver_anon_mb": round(self.peak_driver_anon / MB, 1),
             "max_process_peak_rss_mb": round(biggest[0] / MB, 1),
             "max_process": os.path.basename(biggest[1]),
             "processes_max": self.max_processes,
@@ -321,6 +323,8 @@ def main() -> None:
     parser.add_argument("--memory-weights", default="random-tiny",
                         help="weights for the memory runs (random-tiny: same class at toy size, so 20,000 images fit the time)")
     parser.add_argument("--memory-size", type=int, default=64, help="side of the generated images for the memory runs")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="engine/plain pairs to run, alternating which goes first; rates are medians")
     parser.add_argument("--trace-memory", action="store_true", help="log the memory samples of the memory runs to stderr")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
@@ -346,56 +350,71 @@ def main() -> None:
     if not args.skip_speed:
         report.update({"images": images, "image_size": args.size, "model": args.model, "weights": "none",
                        "layers": args.layers, "top_k": args.top_k, "batch_size": args.batch_size})
-        with tempfile.TemporaryDirectory(prefix="dnd-bench-run-") as out:
-            config = engine_config(args, images, args.size, "none", os.path.join(out, "run"))
-            log(f"engine: {images} images of {args.size}px through {args.model} (weights none), layers {args.layers}")
-            engine = run_child("engine", {"config": config, "want_topk": True}, sample=True)
-        log(f"plain loop: {args.plain_workers} DataLoader worker(s), {args.plain_threads} torch thread(s)")
-        plain = run_child("plain", {"n": images, "size": args.size, "seed": 0, "model": args.model,
-                                    "layers": args.layers, "top_k": args.top_k, "batch_size": args.batch_size,
-                                    "workers": args.plain_workers, "threads": args.plain_threads,
-                                    "want_topk": True})
-        engine_s = engine["timings_s"]["step1_activations_s"]
-        used = engine["counts"]["images_used"]
-        engine_rate = used / engine_s
-        plain_rate = plain["images"] / plain["seconds"]
+        plain_spec = {"n": images, "size": args.size, "seed": 0, "model": args.model, "layers": args.layers,
+                      "top_k": args.top_k, "batch_size": args.batch_size, "workers": args.plain_workers,
+                      "threads": args.plain_threads, "want_topk": True}
+        pairs = []
+        for attempt in range(args.repeat):
+            # Alternate the order, so that a change in the machine's load does not always favour one side.
+            order = ("engine", "plain") if attempt % 2 == 0 else ("plain", "engine")
+            done: dict[str, dict[str, Any]] = {}
+            for side in order:
+                if side == "engine":
+                    with tempfile.TemporaryDirectory(prefix="dnd-bench-run-") as out:
+                        config = engine_config(args, images, args.size, "none", os.path.join(out, "run"))
+                        log(f"engine: {images} images of {args.size}px through {args.model} (weights none), "
+                            f"layers {args.layers}")
+                        done["engine"] = run_child("engine", {"config": config, "want_topk": True}, sample=True)
+                else:
+                    log(f"plain loop: {args.plain_workers} DataLoader worker(s), {args.plain_threads} torch thread(s)")
+                    done["plain"] = run_child("plain", plain_spec)
+            engine, plain = done["engine"], done["plain"]
+            engine_rate = engine["counts"]["images_used"] / engine["timings_s"]["step1_activations_s"]
+            plain_rate = plain["images"] / plain["seconds"]
+            log(f"engine {engine_rate:.2f} img/s, plain {plain_rate:.2f} img/s, ratio {engine_rate / plain_rate:.3f}")
+            pairs.append({"engine": engine, "plain": plain, "engine_rate": engine_rate, "plain_rate": plain_rate})
+        engine_rate = statistics.median(p["engine_rate"] for p in pairs)
+        plain_rate = statistics.median(p["plain_rate"] for p in pairs)
+        engine, plain = pairs[-1]["engine"], pairs[-1]["plain"]
         threads = args.engine_threads or max(1, cpus // args.engine_pool_size)
         report.update({
             "engine_images_per_s": round(engine_rate, 2),
             "plain_images_per_s": round(plain_rate, 2),
             "ratio": round(engine_rate / plain_rate, 3),
             "engine": {
-                "images_used": used,
-                "step1_activations_s": engine_s,
-                "dissect_total_s": round(engine["dissect_s"], 1),
-                "ray_init_s": round(engine["ray_init_s"], 1),
+                "images_used": engine["counts"]["images_used"],
+                "step1_activations_s": [p["engine"]["timings_s"]["step1_activations_s"] for p in pairs],
+                "dissect_total_s": [round(p["engine"]["dissect_s"], 1) for p in pairs],
+                "ray_init_s": [round(p["engine"]["ray_init_s"], 1) for p in pairs],
                 "target_batch_size": args.batch_size,
                 "pool_size": args.engine_pool_size,
                 "torch_threads_per_actor": threads,
                 "threads_option": args.engine_threads or None,
                 "peak_memory": engine.get("memory"),
-                "load_avg_1m": [engine["load_avg_1m_before"], engine["load_avg_1m_after"]],
+                "load_avg_1m": [[p["engine"]["load_avg_1m_before"], p["engine"]["load_avg_1m_after"]] for p in pairs],
             },
             "plain": {
                 "images": plain["images"],
-                "seconds": round(plain["seconds"], 2),
+                "seconds": [round(p["plain"]["seconds"], 2) for p in pairs],
                 "dataloader_num_workers": args.plain_workers,
                 "torch_threads": args.plain_threads,
                 "batch_size": args.batch_size,
-                "load_avg_1m": [plain["load_avg_1m_before"], plain["load_avg_1m_after"]],
+                "load_avg_1m": [[p["plain"]["load_avg_1m_before"], p["plain"]["load_avg_1m_after"]] for p in pairs],
             },
+            "repeat": args.repeat,
+            "ratios": [round(p["engine_rate"] / p["plain_rate"], 3) for p in pairs],
             "topk_agreement": topk_agreement(engine["topk"], plain["topk"]),
         })
         report["versions"] = {k: v for k, v in engine.get("versions", {}).items()
                               if k in ("python", "ray", "torch", "torchvision", "numpy")}
-        log(f"engine {engine_rate:.2f} img/s, plain {plain_rate:.2f} img/s, ratio {engine_rate / plain_rate:.3f}")
 
     if not args.skip_memory:
         memory: dict[str, Any] = {"model": args.model, "weights": args.memory_weights, "image_size": args.memory_size,
                                   "images_small": small, "images_large": large,
                                   "measure": ("peak over 0.2 s samples of the sum of RSS of the driver and all its "
-                                              "descendant processes (Ray head + workers); PSS sum and driver USS "
-                                              "(private pages, without the object-store pages it maps) sampled ~1 s"),
+                                              "descendant processes (Ray head + workers); driver anonymous memory = RSS "
+                                              "less file-backed and shared pages (so without the object-store pages "
+                                              "it maps); PSS sum sampled ~1 s"),
                                   "note": (f"weights {args.memory_weights} on {args.memory_size} px images: {large} "
                                            "images through the full-size model at 224 px would take far too long "
                                            "on 2 CPUs (~15 images/s)")}
@@ -409,7 +428,7 @@ def main() -> None:
             memory[f"peak_rss_mb_{label}"] = stats["peak_rss_sum_mb"]
             memory[f"peak_pss_mb_{label}"] = stats["peak_pss_sum_mb"]
             memory[f"driver_peak_rss_mb_{label}"] = stats["peak_driver_rss_mb"]
-            memory[f"driver_peak_uss_mb_{label}"] = stats["peak_driver_uss_mb"]
+            memory[f"driver_peak_anon_mb_{label}"] = stats["peak_driver_anon_mb"]
             memory[f"max_process_peak_rss_mb_{label}"] = stats["max_process_peak_rss_mb"]
             memory[f"processes_{label}"] = stats["processes_max"]
             memory[f"step1_activations_s_{label}"] = runs[label]["timings_s"]["step1_activations_s"]
@@ -421,7 +440,7 @@ def main() -> None:
         memory["growth"] = growth("peak_rss_mb")
         memory["growth_pss"] = growth("peak_pss_mb")
         memory["growth_driver"] = growth("driver_peak_rss_mb")
-        memory["growth_driver_uss"] = growth("driver_peak_uss_mb")
+        memory["growth_driver_anon"] = growth("driver_peak_anon_mb")
         memory["growth_max_process"] = growth("max_process_peak_rss_mb")
         report["memory"] = memory
         log(f"memory: peak RSS sum {memory['peak_rss_mb_small']} MB ({small}) vs {memory['peak_rss_mb_large']} MB "
