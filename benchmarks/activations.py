@@ -137,6 +137,9 @@ def child_plain(spec: dict[str, Any]) -> dict[str, Any]:
     started = time.time()
     with tiny_weights_seeded():  # the engine's seeded random initialisation, so top-K lists are comparable
         model = torchvision.models.get_model(spec["model"].split(":", 1)[1], weights=None).eval()
+    if spec.get("channels_last"):
+        # The layout the engine's actors use for convolutional networks (--plain-channels-last).
+        model = model.to(memory_format=torch.channels_last)
     captured: dict[str, torch.Tensor] = {}
     for name in layers:
         model.get_submodule(name).register_forward_hook(
@@ -315,6 +318,8 @@ def main() -> None:
     parser.add_argument("--plain-workers", type=int, default=1,
                         help="DataLoader worker processes (default 1: decoding in one worker overlaps the forward pass)")
     parser.add_argument("--plain-threads", type=int, default=os.cpu_count() or 1, help="torch threads of the plain loop")
+    parser.add_argument("--plain-channels-last", action="store_true",
+                        help="give the plain loop the engine's channels-last weight layout (isolates that optimisation)")
     parser.add_argument("--engine-threads", type=int, default=0,
                         help="target.threads for the engine (0 = leave null: the node's CPUs / pool_size)")
     parser.add_argument("--engine-pool-size", type=int, default=1)
@@ -352,7 +357,8 @@ def main() -> None:
                        "layers": args.layers, "top_k": args.top_k, "batch_size": args.batch_size})
         plain_spec = {"n": images, "size": args.size, "seed": 0, "model": args.model, "layers": args.layers,
                       "top_k": args.top_k, "batch_size": args.batch_size, "workers": args.plain_workers,
-                      "threads": args.plain_threads, "want_topk": True}
+                      "threads": args.plain_threads, "want_topk": True,
+                      "channels_last": args.plain_channels_last}
         pairs = []
         for attempt in range(args.repeat):
             # Alternate the order, so that a change in the machine's load does not always favour one side.
@@ -398,6 +404,7 @@ def main() -> None:
                 "seconds": [round(p["plain"]["seconds"], 2) for p in pairs],
                 "dataloader_num_workers": args.plain_workers,
                 "torch_threads": args.plain_threads,
+                "channels_last": args.plain_channels_last,
                 "batch_size": args.batch_size,
                 "load_avg_1m": [[p["plain"]["load_avg_1m_before"], p["plain"]["load_avg_1m_after"]] for p in pairs],
             },

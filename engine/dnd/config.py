@@ -91,6 +91,14 @@ class ProbeConfig(_Section):
         description="File extensions read from folder sources (case-insensitive).",
     )
     files_per_read_task: int = Field(64, ge=1, description="Files read by one Ray Data task.")
+    read_concurrency: int | None = Field(
+        None, ge=1,
+        description=(
+            "Read-and-decode tasks running at once. null = automatic: unbounded when the target model runs on "
+            "GPUs; on CPUs a quarter of the cluster's CPUs (at least 1), since decoding takes CPU time from the "
+            "forward pass and a flood of readers starves the model actors while they start."
+        ),
+    )
     storage_options: dict[str, Any] = Field(
         default_factory=dict, description="fsspec options for remote sources (endpoint_url, key, secret, anon ...)."
     )

@@ -94,6 +94,7 @@ class _TargetActor:
     def __init__(self, target_config: dict, layers: list[str], neurons: list[list[int]], summary: str):
         from dnd.config import TargetConfig
         from dnd.models.device import choose_device, set_cpu_threads
+        from dnd.models.inference import optimise_for_inference
         from dnd.models.preprocess import Preprocessor
         from dnd.models.recorder import LayerRecorder
         from dnd.models.target import build_target
@@ -104,6 +105,7 @@ class _TargetActor:
             set_cpu_threads(config.threads, config.pool_size)
         self.target = build_target(config.model, config.weights, config.checkpoint, config.options)
         self.target.module.to(self.device)
+        optimise_for_inference(self.target.module, layers)
         self.pre = Preprocessor(self.target)
         self.layers = layers
         self.recorder = LayerRecorder(self.target, layers)

@@ -73,6 +73,18 @@ def _pool_kwargs(pool: Any) -> dict[str, Any]:
     }
 
 
+def read_concurrency(config: Any) -> int | None:
+    """How many read-and-decode tasks may run at once (``probe.read_concurrency``; see its doc)."""
+    import ray
+
+    if config.probe.read_concurrency is not None:
+        return config.probe.read_concurrency
+    if config.target.num_gpus > 0:
+        return None
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    return max(1, cpus // 4)
+
+
 def run_step1(config: Any, layers: list[LayerPlan], read_tasks: list[Any], layout: Any,
               log: Callable[[str], None]) -> Step1Result:
     import ray
@@ -93,7 +105,8 @@ def run_step1(config: Any, layers: list[LayerPlan], read_tasks: list[Any], layou
     # ---- pass A: every probe image, pooled activations only -------------------------------------
     started = time.time()
     tasks = ray.data.from_items([t.as_row() for t in read_tasks])
-    prepared = tasks.map_batches(read_and_prepare, batch_size=1, fn_kwargs=read_kwargs, num_cpus=0.25)
+    prepared = tasks.map_batches(read_and_prepare, batch_size=1, fn_kwargs=read_kwargs, num_cpus=0.25,
+                                 compute=ray.data.TaskPoolStrategy(size=read_concurrency(config)))
     activations = prepared.map_batches(
         ProbeActivations,
         fn_constructor_kwargs={"target_config": target_config, "layers": names, "neurons": neurons,
