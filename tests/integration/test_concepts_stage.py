@@ -95,3 +95,27 @@ def test_garbage_answers_fail_cleanly(tmp_path, mode):
         run(config_for(tmp_path, llm.url), rows)
     assert rows[0]["status"] == "failed"
     assert rows[0]["error"].startswith("no candidate concept")
+
+
+def test_a_ranking_summarizer_proposes_distinct_candidates_once_per_caption_list(tmp_path):
+    # The offline extractive summarizer ranks phrases, so it is asked once per unique caption list
+    # for N candidates instead of N times over shuffles, and a rerun is served from the cache.
+    config = load_config({
+        "target": {"model": "torchvision:resnet18"},
+        "layers": ["fc"],
+        "probe": {"sources": [{"uri": "gen://shapes"}]},
+        "summarizer": {"backend": "extractive", "candidates": 3},
+        "output": {"uri": str(tmp_path / "run")},
+    })
+    red_circles = ["a red circle", "a red circle", "a red striped circle", "a close up of a red surface"]
+    rows = rows_with([red_circles, red_circles, DOGS])
+    counts = run(config, rows)
+    first = [[c["concept"] for c in r["candidates"]] for r in rows]
+    assert set(first[0]) == {"red", "circle", "red circle"} and first[0] == first[1]
+    assert len(first[0]) == len(set(first[0]))
+    assert any("dog" in c for c in first[2])
+    assert counts["concepts"]["unique_summaries"] == 2  # neurons 0 and 1 share their caption list
+    again = rows_with([red_circles, red_circles, DOGS])
+    counts = run(config, again)
+    assert [[c["concept"] for c in r["candidates"]] for r in again] == first
+    assert counts["concepts"]["cache"]["misses"] == 0

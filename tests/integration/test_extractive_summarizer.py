@@ -104,9 +104,52 @@ def test_simplify_keeps_the_content_and_drops_filler(summarizer):
 
 
 def test_candidate_phrases_do_not_start_or_end_with_stopwords():
-    assert candidate_phrases("a red spool of a cable", max_ngram=4) == [
-        "red", "spool", "cable", "red spool", "spool of a cable",
+    assert candidate_phrases("a red spool of cable", max_ngram=4) == [
+        "red", "spool", "cable", "red spool", "spool of cable", "red spool of cable",
     ]
+
+
+def test_candidate_phrases_never_span_two_things():
+    # "circle and a red" names parts of two objects; only phrases within one object remain.
+    phrases = candidate_phrases("a blue circle and a red square", max_ngram=4)
+    assert phrases == ["blue", "circle", "red", "square", "blue circle", "red square"]
+    assert candidate_phrases("a red spool of a cable", max_ngram=4) == ["red", "spool", "cable", "red spool"]
+
+
+def test_candidate_phrases_do_not_stop_on_half_a_modifier():
+    assert candidate_phrases("an orange diagonally striped ring", max_ngram=3) == [
+        "orange", "striped", "ring", "diagonally striped", "striped ring", "orange diagonally striped",
+        "diagonally striped ring",
+    ]
+
+
+SPURIOUS = [  # every red thing in these captions is a circle, as in a biased probing set
+    "red circle", "red circle", "red striped circle", "close up of red surface", "red circle",
+    "red dotted circle", "red circle", "close up of red surface", "red circle", "blue square and red circle",
+]
+
+
+def test_propose_gives_distinct_broader_and_narrower_candidates(summarizer):
+    [answers] = SUMMARIZERS.create("extractive", min_share=0.3).propose([SPURIOUS], 5)
+    texts = [a.text for a in answers]
+    assert all(a.ok for a in answers)
+    # Shared by at least 30% of the captions (min_share 0.3): red 10/10, circle 8/10,
+    # red circle 8/10; "blue square" (1/10) and "striped" (1/10) are not candidates.
+    assert set(texts) == {"red", "circle", "red circle"}
+    assert len(texts) == len(set(texts))
+    assert SUMMARIZERS.create("extractive", min_share=0.3).propose([SPURIOUS], 5) == [answers]  # deterministic
+    assert len(summarizer.propose([SPURIOUS], 2)[0]) == 2
+    # The default min_share 0.5 ("most" captions) keeps the same three here.
+    assert {a.text for a in summarizer.propose([SPURIOUS], 5)[0]} == {"red", "circle", "red circle"}
+
+
+def test_propose_drops_rewordings_and_keeps_one_candidate_when_none_is_shared(summarizer):
+    [answers] = summarizer.propose([["red circles", "red circle", "circle red", "red circle"]], 5)
+    texts = [a.text for a in answers]
+    # "circles"/"circle" and "red circle"/"circle red" are the same words: one of each survives.
+    assert sorted(len(t.split()) for t in texts) == [1, 1, 2]
+    [lonely] = summarizer.propose([["a tractor", "a dress", "a camaro", "a spool"]], 5)
+    assert len(lonely) == 1 and lonely[0].ok
 
 
 def test_cache_key_and_options():
@@ -123,6 +166,7 @@ def test_cache_key_and_options():
         ({"max_ngram": 0}, "max_ngram"),
         ({"caption_fraction": 1.5}, "caption_fraction"),
         ({"frequency_weight": -1}, "frequency_weight"),
+        ({"min_share": 0}, "min_share"),
         ({"model": ""}, "model"),
         ({"temperature": 0}, "temperature"),
     ],

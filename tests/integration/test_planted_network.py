@@ -102,7 +102,8 @@ def test_truth_covers_both_layers():
 def test_every_planted_neuron_responds_to_its_concept(report):
     for row in report["planted"]:
         assert row["mean_with"] > row["mean_without"], row
-        assert row["auroc"] >= 0.85, row
+        # Measured on the shipped weights: >= 0.92 (triangle, the weakest), most >= 0.99.
+        assert row["auroc"] >= 0.9, row
 
 
 def test_polysemantic_neurons_respond_to_each_concept_alone(model, fresh):
@@ -127,7 +128,7 @@ def test_planted_neurons_respond_in_the_probe(model, fresh_probe):
     probe_report = train.evaluate(model, fresh_probe)
     for row in probe_report["planted"]:
         assert row["mean_with"] > row["mean_without"], row
-        assert row["auroc"] >= 0.8, row
+        assert row["auroc"] >= 0.9, row
 
 
 def test_spurious_neurons_follow_their_concept_not_the_confound(model):
@@ -148,16 +149,10 @@ def test_spurious_neurons_follow_their_concept_not_the_confound(model):
     assert blue_circles[index["circle"]] > 5 * red_squares[index["circle"]]
 
 
-#: The shipped network's fc outputs for the two fine textures are its weakest (measured AUROC 0.83
-#: for checkerboard and 0.81 for dots on fresh renders, against >= 0.97 for every other class);
-#: their floor is set just under what ships so a worse retraining fails here.
-WEAK_FC_CLASSES = {"checkerboard": 0.80, "dots": 0.78}
-
-
 def test_fc_predicts_what_is_present(report):
-    assert report["fc_presence_accuracy"] >= 0.9
+    assert report["fc_presence_accuracy"] >= 0.97
     for row in report["fc"]:
-        assert row["auroc"] >= WEAK_FC_CLASSES.get(row["class"], 0.85), row
+        assert row["auroc"] >= 0.97, row
 
 
 def test_generated_concept_images_rank_the_right_concept_first(model):

@@ -1,6 +1,7 @@
 """Step 1 on a local Ray against a plain PyTorch computation of the same top-K on the same images."""
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -107,6 +108,15 @@ def test_crops_are_scored_like_any_image_and_can_enter_the_top_k(local_ray, tmp_
             assert stored["parent_id"] == t["parent_id"] and list(stored["box"]) == [x0, y0, x1, y1]
             assert Image.open(io.BytesIO(stored["data"])).size == (x1 - x0, y1 - y0)
     assert crops_seen > 0
+    # A layer's D_cropped holds only crops cut from that layer's own maps, so a linear layer (no maps,
+    # no crops) ranks whole probe images alone, and a conv layer's crops were all made for it.
+    made_for = {row.image_id: json.loads(row.made_for) for row in images[images["kind"] == "crop"].itertuples()}
+    layer_index = {name: i for i, name in enumerate(LAYERS)}
+    for row in frame.itertuples():
+        for t in row.top_images:
+            if t["is_crop"]:
+                assert any(l == layer_index[row.layer] for l, _ in made_for[t["image_id"]]), (row.layer, t)
+    assert not any(t["is_crop"] for tops in frame[frame["layer"] == "fc"]["top_images"] for t in tops)
     # Every top image is stored in images/, and the probe images are byte-identical to the source.
     ids = {t["image_id"] for tops in frame["top_images"] for t in tops}
     assert ids <= set(images["image_id"])

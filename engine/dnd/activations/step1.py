@@ -242,9 +242,15 @@ def run_step1(config: Any, layers: list[LayerPlan], read_tasks: list[Any], layou
                 index = np.nonzero(is_crop)[0]
                 keys = batch["key"][index].astype(np.uint64)
                 crop_count += len(index)
+                # D_cropped of a layer is the crops cut from that layer's own maps: the paper dissects one
+                # layer at a time, so its D_cropped never holds another layer's crops. Letting every crop
+                # compete everywhere put zoomed-in crops made for conv neurons at the top of linear
+                # layers (which make no crops), ahead of the whole images that show their concept.
+                made = [json.loads(str(batch["made_for"][row])) for row in index]
                 for i, state in enumerate(final):
-                    values = batch[f"act_{i}"][index]
-                    state.update(values, keys)
+                    mine = np.array([any(layer_index == i for layer_index, _ in m) for m in made], dtype=bool)
+                    if mine.any():
+                        state.update(batch[f"act_{i}"][index[mine]], keys[mine])
                 # Each crop's activation for the neurons whose maps made it, for the report.
                 for row in index:
                     for layer_index, neuron in json.loads(str(batch["made_for"][row])):

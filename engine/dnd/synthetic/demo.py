@@ -25,7 +25,7 @@ def demo_config(out: str = DEFAULT_OUT, *, probe_images: int = 600, neurons: Any
         "probe": {"sources": [{"uri": probe_uri(probe_images, seed), "name": "planted-probe"}]},
         "step1": {"top_k": 10, "crops": crops, "crops_per_image": 4},
         "captioner": {"backend": "synthetic", "batch_size": 64},
-        "summarizer": {"backend": "extractive", "candidates": 5, "options": {"frequency_weight": 1.0, "caption_fraction": 0.5}},
+        "summarizer": {"backend": "extractive", "candidates": 5, "options": {"frequency_weight": 1.0, "caption_fraction": 0.5, "min_share": 0.7}},
         "generator": {"backend": "synthetic", "images_per_concept": 10, "batch_size": 64},
         "selection": {
             "enabled": selection,

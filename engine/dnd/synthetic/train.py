@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from dnd.synthetic.truth import FC_CLASSES, PLANTED_NEURONS
-from dnd.synthetic.world import PROBE, SIZE, TRAINING, Concept, SceneDesign, concept_mask, parse_phrase, render, sample_scene
+from dnd.synthetic.world import PROBE, SIZE, TRAINING, Concept, SceneDesign, parse_phrase, render, sample_scene
 
 #: Side of the planted layer's maps (the network's input is SIZE; the trunk downsamples by 4).
 MAP_SIDE = SIZE // 4
@@ -47,9 +47,64 @@ class Batch:
     classes: np.ndarray  # (n, classes) bool
 
 
-def make_scenes(n: int, seed: int, design: SceneDesign = TRAINING, start: int = 0) -> Batch:
+#: Share of training images that are attention-crop-like views instead of whole scenes.
+CROP_SHARE = 0.35
+#: A shape is only "seen" in a crop that shows this much of the object; a colour or a texture is
+#: seen in any part of it. (A close-up inside a red circle shows red, not a circle.)
+MIN_VISIBLE_FOR_SHAPE = 0.6
+
+
+def _crop_box(scene, side: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """A box like the engine's attention crops: mostly around one object with some margin (at
+    times cutting it), otherwise anywhere — including inside a large object. Boxes need not be
+    square; the network's preprocess stretches them to its input."""
+    if scene.objects and rng.random() < 0.8:
+        obj = scene.objects[int(rng.integers(len(scene.objects)))]
+        x0, y0, x1, y1 = obj.bbox(side)
+        base = max(x1 - x0, y1 - y0) * rng.uniform(0.8, 1.7)
+        cx = (x0 + x1) / 2 + rng.uniform(-0.2, 0.2) * base
+        cy = (y0 + y1) / 2 + rng.uniform(-0.2, 0.2) * base
+    else:
+        base = rng.uniform(0.15, 0.6) * side
+        cx, cy = rng.uniform(0, side, size=2)
+    w = max(8.0, base * rng.uniform(0.8, 1.25))
+    h = max(8.0, base * rng.uniform(0.8, 1.25))
+    bx0 = int(np.clip(round(cx - w / 2), 0, side - 8))
+    by0 = int(np.clip(round(cy - h / 2), 0, side - 8))
+    bx1 = int(np.clip(round(cx + w / 2), bx0 + 8, side))
+    by1 = int(np.clip(round(cy + h / 2), by0 + 8, side))
+    return bx0, by0, bx1, by1
+
+
+def _view(rendered, box: tuple[int, int, int, int] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image, masks, visible share per object) of a whole scene or of a crop stretched to the
+    network's input exactly as its preprocess stretches one (PIL bilinear)."""
+    import cv2
+    from PIL import Image
+
+    if box is None:
+        return rendered.image, rendered.masks, np.ones(len(rendered.masks))
+    x0, y0, x1, y1 = box
+    image = np.asarray(Image.fromarray(rendered.image[y0:y1, x0:x1]).resize((SIZE, SIZE), Image.BILINEAR))
+    totals = rendered.masks.sum(axis=(1, 2))
+    inside = rendered.masks[:, y0:y1, x0:x1]
+    visible = inside.sum(axis=(1, 2)) / np.maximum(totals, 1e-6)
+    masks = np.stack([cv2.resize(m, (SIZE, SIZE), interpolation=cv2.INTER_LINEAR) for m in inside]) if len(inside) else rendered.masks
+    return image, masks, visible
+
+
+def _seen(concept: Concept, obj, visible: float, coverage: float) -> bool:
+    if not concept.matches(obj) or coverage < 4.0:
+        return False
+    return concept.shape is None or visible >= MIN_VISIBLE_FOR_SHAPE
+
+
+def make_scenes(
+    n: int, seed: int, design: SceneDesign = TRAINING, start: int = 0, crop_share: float = 0.0
+) -> Batch:
     """Scenes ``start`` … ``start + n - 1`` rendered with their targets; scene i uses its own
-    generator ([seed, i]), so a set can be rendered in parallel chunks."""
+    generator ([seed, i]), so a set can be rendered in parallel chunks. A ``crop_share`` of them
+    are shown as attention-crop-like views (see ``_crop_box``) instead of whole."""
     import cv2
 
     per_neuron = neuron_concepts()
@@ -59,15 +114,24 @@ def make_scenes(n: int, seed: int, design: SceneDesign = TRAINING, start: int = 
     present = np.zeros((n, len(per_neuron)), dtype=bool)
     classes = np.zeros((n, len(per_class)), dtype=bool)
     for i in range(n):
-        rendered = render(sample_scene(np.random.default_rng([seed, start + i]), design), SIZE)
-        images[i] = rendered.image
+        scene = sample_scene(np.random.default_rng([seed, start + i]), design)
+        rendered = render(scene, SIZE)
+        # The view is drawn from its own generator so that scene i is the same with or without crops.
+        view_rng = np.random.default_rng([seed, start + i, 1])
+        box = _crop_box(scene, SIZE, view_rng) if view_rng.random() < crop_share else None
+        image, masks, visible = _view(rendered, box)
+        images[i] = image
+        coverage = masks.sum(axis=(1, 2))
         for j, concepts in enumerate(per_neuron):
-            if any(c.matches(o) for c in concepts for o in rendered.scene.objects):
-                present[i, j] = True
-                full = concept_mask(rendered, concepts)
+            full = np.zeros((SIZE, SIZE), dtype=np.float32)
+            for k, obj in enumerate(scene.objects):
+                if any(_seen(c, obj, visible[k], coverage[k]) for c in concepts):
+                    np.maximum(full, masks[k], out=full)
+                    present[i, j] = True
+            if present[i, j]:
                 maps[i, j] = cv2.resize(full, (MAP_SIDE, MAP_SIDE), interpolation=cv2.INTER_AREA)
         for j, concept in enumerate(per_class):
-            classes[i, j] = any(concept.matches(o) for o in rendered.scene.objects)
+            classes[i, j] = any(_seen(concept, o, visible[k], coverage[k]) for k, o in enumerate(scene.objects))
     return Batch(images, maps, present, classes)
 
 
@@ -233,7 +297,7 @@ def train(
 
     torch.set_num_threads(threads)
     started = time.time()
-    data = make_scenes(scenes, seed)
+    data = make_scenes(scenes, seed, crop_share=CROP_SHARE)
     print(f"rendered {scenes} training scenes in {time.time() - started:.1f}s", flush=True)
     model = new_model(seed)
     fit(model, data, epochs, batch_size, lr, seed, device, log=lambda m: print(m, flush=True))
@@ -246,6 +310,7 @@ def train(
     reports = {
         "training distribution": evaluate(model, make_scenes(eval_scenes, seed + 1)),
         "probe distribution": evaluate(model, make_scenes(eval_scenes, seed + 2, PROBE)),
+        "crops of probe scenes": evaluate(model, make_scenes(eval_scenes, seed + 3, PROBE, crop_share=1.0)),
     }
     for title, report in reports.items():
         print_report(title, report)
