@@ -21,6 +21,7 @@ _BUILTIN_MODULES = (
     "dnd.captioning.openai_vision",
     "dnd.generation.diffusers_backend",
     "dnd.selection.clip",
+    "dnd.serve.client",
 )
 #: Backends written alongside; a module that does not exist (yet) is skipped.
 _OPTIONAL_MODULES = (

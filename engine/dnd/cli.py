@@ -24,7 +24,7 @@ def _cmd_dissect(args: argparse.Namespace) -> int:
     if args.out:
         overrides.append(f"output.uri={args.out}")
     config = load_config(args.config, overrides)
-    results = dissect(config)
+    results = dissect(config, overwrite=args.overwrite)
     counts = results.manifest["counts"]["status"]
     print(results.uri)
     failed = sum(n for status, n in counts.items() if status != "ok")
@@ -67,7 +67,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
         print(yaml.safe_dump(demo_config(args.out), sort_keys=False))
         return 0
-    results, summary = run_demo(args.out, probe_images=args.images)
+    results, summary = run_demo(args.out, probe_images=args.images, overwrite=args.overwrite)
     status = results.manifest["counts"]["status"]
     print(f"results: {results.uri}   (dnd show {results.uri})")
     print(f"neurons: {sum(status.values())}  status: {status}  time: {results.manifest['timings_s']['total_s']:.0f}s")
@@ -80,6 +80,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     for miss in summary["misses"][:10]:
         print(f"  missed {miss['layer']}/{miss['neuron']}: truth {miss['truth']}, label {miss['label']!r}")
     return 0 if all(n == 0 for s, n in status.items() if s != "ok") else 3
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from dnd.serve.launch import load_deploy_config, serve_forever
+
+    config = load_deploy_config(args.config, host=args.host, port=args.port)
+    return serve_forever(config, log=lambda message: print(message, file=sys.stderr, flush=True), detach=args.detach)
 
 
 def _cmd_config_reference(_args: argparse.Namespace) -> int:
@@ -99,12 +106,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dissect", help="describe the neurons of a network (Steps 1-3) and write Parquet results")
     p.add_argument("config", help="run configuration YAML")
     _add_config_args(p)
+    resume = p.add_mutually_exclusive_group()
+    resume.add_argument(
+        "--resume", action="store_true",
+        help="continue the run already at --out if it has the same config (the default; finished work is reused)",
+    )
+    resume.add_argument(
+        "--overwrite", action="store_true",
+        help="replace a run of a different config at --out instead of refusing (its caches are kept)",
+    )
     p.set_defaults(func=_cmd_dissect)
 
     p = sub.add_parser("demo", help="run the whole engine offline on the built-in planted-concept world and score it")
     p.add_argument("--out", default="dnd-demo", metavar="URI", help="output location (default ./dnd-demo)")
     p.add_argument("--images", type=int, default=600, help="probe images (default 600)")
     p.add_argument("--print-config", action="store_true", help="print the demo's run configuration and exit")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a run of another configuration (e.g. other --images) at --out; caches are kept")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("layers", help="list a model's layers with their neuron counts (no weights are downloaded)")
@@ -117,6 +135,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", help="only this layer")
     p.add_argument("--limit", type=int, default=50, help="rows to print (default 50)")
     p.set_defaults(func=_cmd_show)
+
+    p = sub.add_parser(
+        "serve", help="serve the captioner and generator as an HTTP API (Ray Serve); no CONFIG: random-tiny models on CPU",
+    )
+    p.add_argument("config", nargs="?", help="Serve config YAML, e.g. deploy/serve.yaml (default: deploy/serve-tiny.yaml's app)")
+    p.add_argument("--host", help="listen address (overrides http_options.host; default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="listen port (overrides http_options.port; default 8000)")
+    p.add_argument("--detach", action="store_true",
+                   help="deploy to the running Ray cluster (ray start) and return instead of serving until Ctrl-C")
+    p.set_defaults(func=_cmd_serve)
+
+    from dnd.cli_results import add_commands
+
+    add_commands(sub)
 
     p = sub.add_parser("config-reference", help="print every run-configuration key with its default and meaning")
     p.set_defaults(func=_cmd_config_reference)

@@ -83,8 +83,12 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def dissect(config: Any, log: Callable[[str], None] | None = None, **overrides: Any):
-    """Run every stage for ``config`` and return :class:`dnd.results.Results`."""
+def dissect(config: Any, log: Callable[[str], None] | None = None, overwrite: bool = False, **overrides: Any):
+    """Run every stage for ``config`` and return :class:`dnd.results.Results`.
+
+    A URI holding an unfinished (or finished) run of the same config is resumed: Step 1's checkpoint
+    and the caches answer for what was done. A different config there is refused unless ``overwrite``.
+    """
     from dnd.backends import load_builtin_backends
     from dnd.probe.sources import plan_reads
     from dnd.results import Results
@@ -94,11 +98,14 @@ def dissect(config: Any, log: Callable[[str], None] | None = None, **overrides: 
     load_builtin_backends()
     config = load_config(config, [f"{k}={v}" for k, v in overrides.items()]) if not isinstance(config, RunConfig) or overrides else config
     started = time.time()
-    layers = plan_layers(config)
-    read_tasks, source_counts = plan_reads(config.probe)
+    # Storage first: a missing bucket or bad credentials must fail before any model is built.
     layout = RunLayout(config.output.uri, config.output.storage_options, config.output.cache_uri)
     layout.check_writable()
-    layout.remove("_SUCCESS")
+    layers = plan_layers(config)
+    read_tasks, source_counts = plan_reads(config.probe)
+    from dnd.store.runstate import claim
+
+    run_state = claim(layout, config, overwrite, log)
     stages = build_later_stages(config)
     log(
         f"dissecting {config.target.model} layers {[f'{l.name} ({len(l.neurons)} neurons)' for l in layers]} "
@@ -107,8 +114,16 @@ def dissect(config: Any, log: Callable[[str], None] | None = None, **overrides: 
     init_ray(config)
 
     from dnd.activations.step1 import run_step1
+    from dnd.store.checkpoint import load_step1, save_step1, step1_digest
 
-    step1 = run_step1(config, layers, read_tasks, layout, log)
+    step1_key = step1_digest(config)
+    step1 = load_step1(layout, step1_key)
+    step1_resumed = step1 is not None
+    if step1_resumed:
+        log("step 1: finished by an earlier attempt of this run; top-K and crops loaded from its checkpoint")
+    else:
+        step1 = run_step1(config, layers, read_tasks, layout, log)
+        save_step1(layout, step1_key, step1)
     rows = assemble_rows(step1)
     counts = dict(step1.counts)
     timings = dict(step1.timings)
@@ -135,12 +150,31 @@ def dissect(config: Any, log: Callable[[str], None] | None = None, **overrides: 
         "layers": [{"name": l.name, "size": l.size, "neurons": len(l.neurons), "spatial": l.has_map} for l in layers],
         "counts": {**counts, "neurons": len(rows), "status": status, "probe_sources": source_counts},
         "skipped": step1.skipped,
+        "run": {**run_state, "step1_from_checkpoint": step1_resumed},
+        # What this attempt asked of each model; a resumed run's counts exclude what earlier attempts did.
+        "model_calls": model_calls(step1, step1_resumed, extra),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         **extra,
     }
     layout.write_json(manifest, "_SUCCESS")
     log(f"done in {timings['total_s']:.1f}s: {len(rows)} neurons, status {status}; results at {config.output.uri}")
     return Results(config.output.uri, config.output.storage_options)
+
+
+def model_calls(step1: Any, step1_resumed: bool, extra: dict[str, Any]) -> dict[str, int]:
+    """Inputs each model family computed in this attempt (cache misses), for ``_SUCCESS``."""
+
+    def misses(stage: str) -> int:
+        return int(((extra.get(stage) or {}).get("cache") or {}).get("misses", 0))
+
+    return {
+        "target_probe_images": 0 if step1_resumed else int(step1.counts.get("target_forward_images", 0)),
+        "captioner_images": misses("captions"),
+        "summarizer_requests": misses("concepts"),
+        "generator_images": misses("generation"),
+        "target_generated_images": int((extra.get("generation") or {}).get("target_forward_images", 0)),
+        "embedder_inputs": misses("embeddings"),
+    }
 
 
 def build_later_stages(config: RunConfig) -> list[Callable[..., Any]]:

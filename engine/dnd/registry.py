@@ -73,6 +73,17 @@ def _accepts(factory: Callable[..., Any], option: str) -> bool:
     return option in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
+def backend_identity(registry: Registry[Any], stage: Any) -> str:
+    """What identifies a backend's outputs beyond its config and code, for cache keys: "" for a
+    backend that computes them itself; for a client of a remote model (the ``serve`` backends), the
+    remote model's own identity, from the factory's ``cache_identity(**options)``."""
+    from dnd.backends import load_builtin_backends
+
+    load_builtin_backends()
+    identity = getattr(registry.get(stage.backend), "cache_identity", None)
+    return str(identity(**stage.options)) if callable(identity) else ""
+
+
 def backend_code_digest(registry: Registry[Any], name: str) -> str:
     """A digest of the source of the module defining backend ``name``: part of cache keys, so that
     changed backend code (a fixed caption clean-up, a new renderer) never serves stale outputs."""

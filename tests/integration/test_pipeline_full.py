@@ -93,7 +93,8 @@ def test_rerun_recomputes_nothing_and_a_changed_parameter_only_what_it_touches(f
     assert manifest["generation"]["generated"] == 0
     assert list(again.neurons["label"]) == list(before["label"])
 
-    changed = dissect(small_config(out, **{"generator.images_per_concept": Q + 1}), log=quiet).manifest
+    # Another config at the same URI replaces the run only when asked to; the caches stay.
+    changed = dissect(small_config(out, **{"generator.images_per_concept": Q + 1}), log=quiet, overwrite=True).manifest
     concepts = changed["generation"]["unique_concepts"]
     # Seeds are per (concept, index): the first Q images of each concept are reused, one new each.
     assert changed["generation"]["cache"] == {"hits": concepts * Q, "misses": concepts}

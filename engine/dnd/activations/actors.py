@@ -149,7 +149,9 @@ class ProbeActivations(_TargetActor):
         for i, index in enumerate(self.neuron_index):
             out[f"act_{i}"] = np.full((n, len(index)), np.nan, dtype=np.float32)
         if ok.any():
-            pooled = self._pooled(self._record(batch["pixels"][ok]))
+            from dnd.models.oom import halving_on_oom  # out of memory: halve the batch, retry
+
+            pooled = halving_on_oom(lambda part: self._pooled(self._record(part["pixels"])), {"pixels": batch["pixels"][ok]})
             for name, values in pooled.items():
                 out[name][ok] = values
         return out

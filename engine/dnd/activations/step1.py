@@ -70,6 +70,9 @@ def _pool_kwargs(pool: Any) -> dict[str, Any]:
         "compute": ray.data.ActorPoolStrategy(size=pool.pool_size),
         "num_gpus": pool.num_gpus,
         "num_cpus": pool.num_cpus,
+        # Not set here: Ray Data's actor pools default to max_restarts=-1 and max_task_retries=-1, so a
+        # killed actor (lost node, OOM-killer) is restarted and its unfinished batches rerun on it
+        # (tests/cluster/test_ray_job.py kills one); passing them explicitly is deprecated in Ray 2.60.
     }
 
 

@@ -14,10 +14,11 @@ from dnd.store.cache import ContentCache, content_key
 def captioner_key(stage: Any) -> str:
     """Cache identity of a captioner, from its config (no model needs loading to know it)."""
     from dnd.captioning.base import CAPTIONERS
-    from dnd.registry import backend_code_digest
+    from dnd.registry import backend_code_digest, backend_identity
 
+    remote = backend_identity(CAPTIONERS, stage)
     return content_key("caption", stage.backend, backend_code_digest(CAPTIONERS, stage.backend),
-                       json.dumps(stage.options, sort_keys=True, default=str))
+                       json.dumps(stage.options, sort_keys=True, default=str), *([remote] if remote else []))
 
 
 def caption_schema():
@@ -37,6 +38,11 @@ class CaptionActor:
         self.captioner = build_stage_backend(CAPTIONERS, CaptionerConfig.model_validate(stage_config))
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        from dnd.models.oom import halving_on_oom
+
+        return halving_on_oom(self._caption, batch)
+
+    def _caption(self, batch: dict[str, Any]) -> dict[str, Any]:
         from dnd.captioning.cleanup import clean_caption
         from dnd.probe.decode import decode_rgb
 

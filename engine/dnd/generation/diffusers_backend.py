@@ -81,46 +81,73 @@ class DiffusersGenerator:
             f"|height={self.height or 'default'}|width={self.width or 'default'}|safety={safety}"
         )
 
-    def _check_size(self) -> None:
+    @property
+    def size_multiple(self) -> int:
+        """What image heights and widths must divide by: the VAE's downsampling factor."""
+        return int(getattr(self.pipeline, "vae_scale_factor", 8))
+
+    def _check_size(self, height: int | None = None, width: int | None = None) -> None:
         # Latents are the image downsampled by the VAE; a side that does not divide evenly fails
         # deep inside the pipeline, so it is refused here with the number it must divide by.
-        factor = int(getattr(self.pipeline, "vae_scale_factor", 8))
-        for name, value in (("height", self.height), ("width", self.width)):
+        factor = self.size_multiple
+        height = self.height if height is None else height
+        width = self.width if width is None else width
+        for name, value in (("height", height), ("width", width)):
             if value is not None and value % factor:
                 raise ConfigError(
                     f"{name} must be a multiple of {factor} for {self.model_name!r}, got {value}"
                 )
 
-    def generate(self, prompts: list[str], seeds: list[int]) -> list[Generated]:
+    def generate(
+        self,
+        prompts: list[str],
+        seeds: list[int],
+        *,
+        steps: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+    ) -> list[Generated]:
+        """Images for (prompt, seed) pairs. ``steps``, ``height`` and ``width`` override the
+        configured values for this call only (the Serve API's per-request options)."""
         if len(prompts) != len(seeds):
             raise DndError(
                 f"generate needs one seed per prompt, got {len(prompts)} prompts and {len(seeds)} seeds"
             )
+        steps = self.steps if steps is None else positive_int("steps", steps)
+        height = self.height if height is None else positive_int("height", height)
+        width = self.width if width is None else positive_int("width", width)
+        self._check_size(height, width)
         results: list[Generated] = []
         for start in range(0, len(prompts), self.batch_size):
             results.extend(
                 self._generate_batch(
-                    prompts[start : start + self.batch_size], seeds[start : start + self.batch_size]
+                    prompts[start : start + self.batch_size],
+                    seeds[start : start + self.batch_size],
+                    steps,
+                    height,
+                    width,
                 )
             )
         return results
 
-    def _generate_batch(self, prompts: list[str], seeds: list[int]) -> list[Generated]:
+    def _generate_batch(
+        self, prompts: list[str], seeds: list[int], steps: int, height: int | None, width: int | None
+    ) -> list[Generated]:
         import torch
 
         # One generator per request, so each image's starting noise depends only on its own seed.
         # They live on the CPU: the same seed then gives the same noise on any GPU or on no GPU.
         generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds]
         options: dict[str, Any] = {
-            "num_inference_steps": self.steps,
+            "num_inference_steps": steps,
             "guidance_scale": self.guidance_scale,
             "generator": generators,
             "output_type": "pil",
         }
-        if self.height is not None:
-            options["height"] = self.height
-        if self.width is not None:
-            options["width"] = self.width
+        if height is not None:
+            options["height"] = height
+        if width is not None:
+            options["width"] = width
         with torch.inference_mode():
             output = self.pipeline(prompt=list(prompts), **options)
         flagged = getattr(output, "nsfw_content_detected", None) or [False] * len(prompts)

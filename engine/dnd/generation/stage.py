@@ -33,10 +33,11 @@ def generated_schema():
 
 def generator_key(stage: Any) -> str:
     from dnd.generation.base import GENERATORS
-    from dnd.registry import backend_code_digest
+    from dnd.registry import backend_code_digest, backend_identity
 
+    remote = backend_identity(GENERATORS, stage)
     return content_key("generate", stage.backend, backend_code_digest(GENERATORS, stage.backend),
-                       json.dumps(stage.options, sort_keys=True, default=str))
+                       json.dumps(stage.options, sort_keys=True, default=str), *([remote] if remote else []))
 
 
 def image_seed(run_seed: int, concept_key: str, index: int) -> int:
@@ -70,7 +71,11 @@ class GenerateActor:
         prompts = [str(p) for p in batch["prompt"]]
         seeds = [int(s) for s in batch["seed"]]
         try:
-            results = self.generator.generate(prompts, seeds)
+            from dnd.models.oom import halving_on_oom
+
+            # Out of memory: the batch is halved and retried; only then are its requests refused.
+            results = halving_on_oom(lambda part: list(self.generator.generate(part["prompt"], part["seed"])),
+                                     {"prompt": prompts, "seed": seeds})
         except Exception as exc:  # one bad batch must not sink the run: every request in it is refused
             results = None
             failure = f"generator failed: {type(exc).__name__}: {exc}"

@@ -44,6 +44,11 @@ class EmbedActor:
         self.embedder = build_stage_backend(EMBEDDERS, EmbedderConfig.model_validate(stage_config))
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        from dnd.models.oom import halving_on_oom
+
+        return halving_on_oom(self._embed, batch)
+
+    def _embed(self, batch: dict[str, Any]) -> dict[str, Any]:
         from dnd.probe.decode import decode_rgb
 
         if "text" in batch:
@@ -56,7 +61,7 @@ class EmbedActor:
 
 
 def _embed(config: Any, layout: Any, dataset: Any, keys: dict[str, str], log: Callable[[str], None],
-           what: str) -> dict[str, np.ndarray]:
+           what: str, tally: dict[str, int] | None = None) -> dict[str, np.ndarray]:
     """Embeddings for ``keys`` (item -> cache key): cached ones, plus ``dataset``'s rows for the rest."""
     from dnd.activations.step1 import _pool_kwargs
 
@@ -77,17 +82,17 @@ def _embed(config: Any, layout: Any, dataset: Any, keys: dict[str, str], log: Ca
                     out[item] = np.asarray(vector, dtype=np.float32)
                     writer.add({"key": keys[item], "embedding": out[item].tolist()})
     log(f"step 3: {len(keys)} {what} embedded ({len(keys) - len(missing)} from cache)")
+    if tally is not None:  # cache hits and embedder calls, for the manifest
+        for name, n in cache.stats.as_dict().items():
+            tally[name] = tally.get(name, 0) + n
     return out
 
 
 def run_selection(config: Any, step1: Any, rows: list[dict[str, Any]], layout: Any, log: Callable[[str], None]) -> dict:
     import ray
 
-    from dnd.activations.actors import ProbeActivations, prepare_encoded
-    from dnd.activations.step1 import _pool_kwargs
     from dnd.captioning.stage import stored_images
     from dnd.generation.stage import generated_dataset, run_generation
-    from dnd.models.target import build_target
     from dnd.selection.dedupe import unique_concepts
 
     started = time.time()
@@ -115,25 +120,23 @@ def run_selection(config: Any, step1: Any, rows: list[dict[str, Any]], layout: A
         for candidate in row["candidates"]:
             needs[candidate["_u"]].append((r, li, position[li][row["neuron"]]))
     values: list[dict[str, float]] = [dict() for _ in active]  # per neuron: generated image -> activation
-    target = build_target(config.target.model, config.target.weights, None, config.target.options)
-    spec, preprocess = target.input_spec, target.preprocess
-    del target
     if owner:
-        acts = generated_dataset(layout, generated, config.output.storage_options).map_batches(
-            prepare_encoded, fn_kwargs={"input_spec": spec, "preprocess": preprocess}, batch_format="numpy", num_cpus=0.25,
-        ).map_batches(
-            ProbeActivations,
-            fn_constructor_kwargs={"target_config": config.target.model_dump(mode="json"),
-                                   "layers": [l.name for l in step1.layers],
-                                   "neurons": [l.neurons for l in step1.layers], "summary": config.step1.summary},
-            batch_size=config.target.batch_size, **_pool_kwargs(config.target),
-        )
-        for batch in acts.iter_batches(batch_size=None, batch_format="numpy"):
-            for i, image in enumerate(batch["image_id"]):
-                image = str(image)
-                for r, li, p in needs.get(owner.get(image, -1), ()):
-                    values[r][image] = float(batch[f"act_{li}"][i, p])
-    counts["generation"]["target_forward_images"] = len(owner)
+        # Cached per image, so a resumed run sends only unseen generated images through the target.
+        from dnd.selection.generated_activations import generated_activations
+
+        def unseen(ids: set[str]):
+            return generated_dataset(layout, generated, config.output.storage_options).map_batches(
+                _keep, fn_kwargs={"wanted": sorted(ids)}, batch_format="numpy")
+
+        per_image, target_counts = generated_activations(
+            config, step1.layers, layout, unseen, {image: generated.entry_keys[image] for image in owner}, log)
+        for image, per_layer in per_image.items():
+            for r, li, p in needs.get(owner[image], ()):
+                values[r][image] = float(per_layer[li][p])
+        counts["generation"]["target_forward_images"] = target_counts["target_forward_images"]
+        counts["generation"]["target_cache"] = target_counts["cache"]
+    else:
+        counts["generation"]["target_forward_images"] = 0
 
     # ---- CLIP embeddings: neurons' top images, generated images, candidate texts -------------
     stage = config.selection.embedder
@@ -151,14 +154,15 @@ def run_selection(config: Any, step1: Any, rows: list[dict[str, Any]], layout: A
                 _keep, fn_kwargs={"wanted": sorted(ids & gen_ids)}, batch_format="numpy")
             return stored.union(made)
 
+        embed_tally = counts.setdefault("embeddings", {"cache": {}})["cache"]
         image_emb = _embed(
             config, layout, images_to_embed,
-            {i: content_key(model_key, "image", i) for i in top_ids | gen_ids}, log, "top and generated images",
+            {i: content_key(model_key, "image", i) for i in top_ids | gen_ids}, log, "top and generated images", embed_tally,
         )
         texts = sorted({c["concept"] for r in active for c in r["candidates"]})
         text_emb = _embed(
             config, layout, lambda items: ray.data.from_items([{"text": t} for t in sorted(items)]),
-            {t: content_key(model_key, "text", t) for t in texts}, log, "candidate concepts",
+            {t: content_key(model_key, "text", t) for t in texts}, log, "candidate concepts", embed_tally,
         )
 
     # ---- scores, label and multiple labels per neuron ------------------------------------------

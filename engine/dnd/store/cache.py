@@ -9,11 +9,12 @@ each run appends one new part, so concurrent or interrupted runs never corrupt e
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from dnd.store.fs import join, url_to_fs
+from dnd.store.fs import join, url_to_fs, write_atomic
 
 
 def content_key(*parts: Any) -> str:
@@ -81,15 +82,19 @@ class ContentCache:
 class CacheWriter:
     """Buffers new entries and writes them as one part file (plus more every ``flush_rows``)."""
 
-    def __init__(self, cache: ContentCache, flush_rows: int = 2000):
+    def __init__(self, cache: ContentCache, flush_rows: int = 2000, flush_seconds: float = 20.0):
         self.cache = cache
         self.rows: list[dict[str, Any]] = []
         self.flush_rows = flush_rows
+        # A slow stage (a GPU captioner, a diffusion model) also persists on a clock, so a crash
+        # loses at most this many seconds of model calls, not a whole stage.
+        self.flush_seconds = flush_seconds
+        self.flushed_at = time.monotonic()
         self.written = 0
 
     def add(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
-        if len(self.rows) >= self.flush_rows:
+        if len(self.rows) >= self.flush_rows or time.monotonic() - self.flushed_at >= self.flush_seconds:
             self.flush()
 
     def flush(self) -> None:
@@ -98,20 +103,15 @@ class CacheWriter:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        from dnd.store.retry import with_retries
-
         table = pa.Table.from_pylist(self.rows, schema=self.cache.schema)
-        fs = self.cache.fs
-        fs.makedirs(self.cache.path, exist_ok=True)
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
         path = join(self.cache.path, f"part-{uuid.uuid4().hex}.parquet")
-
-        def write() -> None:
-            with fs.open(path, "wb") as handle:
-                pq.write_table(table, handle)
-
-        with_retries(write, what=f"write cache {self.cache.name}")
+        # All-or-nothing: a run killed mid-write must not leave a part that breaks every later lookup.
+        write_atomic(self.cache.fs, path, sink.getvalue().to_pybytes())
         self.written += len(self.rows)
         self.rows = []
+        self.flushed_at = time.monotonic()
 
     def __enter__(self) -> "CacheWriter":
         return self

@@ -38,14 +38,24 @@ class RunLayout:
 
     def check_writable(self) -> None:
         """Fail before any model work when the output location can't be written."""
+        from dnd.store.fs import describe_storage_error, protocol_of
+        from dnd.store.retry import with_retries
+
         probe = self.path("_dnd_write_check")
-        try:
-            self.fs.makedirs(self.root, exist_ok=True)
+
+        def attempt() -> None:
+            # On object storage "directories" are key prefixes: makedirs would create a missing
+            # bucket (s3fs does), hiding a misspelt bucket name, so only a local path gets one.
+            if protocol_of(self.uri) in ("file", "local"):
+                self.fs.makedirs(self.root, exist_ok=True)
             with self.fs.open(probe, "wb") as handle:
                 handle.write(b"ok")
             self.fs.rm(probe)
+
+        try:
+            with_retries(attempt, what=f"write to {self.uri}", attempts=2)
         except Exception as exc:
-            raise StorageError(f"output location {self.uri!r} is not writable: {type(exc).__name__}: {exc}") from None
+            raise StorageError(f"output location {self.uri!r} is not writable: {describe_storage_error(exc)}") from None
 
     def write_table(self, table: Any, *parts: str) -> str:
         import pyarrow.parquet as pq
@@ -65,8 +75,10 @@ class RunLayout:
         return handle, pq.ParquetWriter(handle, schema)
 
     def write_json(self, data: dict, *parts: str) -> None:
-        with self.fs.open(self.path(*parts), "w") as handle:
-            json.dump(data, handle, indent=2, sort_keys=False, default=str)
+        from dnd.store.fs import write_atomic
+
+        # Whole or absent: a reader must never parse half a _SUCCESS.
+        write_atomic(self.fs, self.path(*parts), json.dumps(data, indent=2, sort_keys=False, default=str).encode())
 
     def read_json(self, *parts: str) -> dict | None:
         path = self.path(*parts)

@@ -38,10 +38,11 @@ def demo_config(out: str = DEFAULT_OUT, *, probe_images: int = 600, neurons: Any
     }
 
 
-def run_demo(out: str = DEFAULT_OUT, log: Any = None, **options: Any):
-    """Run the demo and return (Results, recovery summary)."""
+def run_demo(out: str = DEFAULT_OUT, log: Any = None, overwrite: bool = False, **options: Any):
+    """Run the demo and return (Results, recovery summary). ``overwrite`` replaces a run of another
+    configuration at ``out`` (the same configuration resumes or reuses it)."""
     import dnd
     from dnd.synthetic.recovery import recovery
 
-    results = dnd.dissect(demo_config(out, **options), log=log)
+    results = dnd.dissect(demo_config(out, **options), log=log, overwrite=overwrite)
     return results, recovery(results.neurons, with_similarity=False)

@@ -1,0 +1,100 @@
+"""`dnd report`: write a run's static HTML report (index.html, data/, thumbs/) beside it or to ``out``."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any, Callable
+
+from dnd.errors import StorageError
+from dnd.report.data import generated_bytes, generated_index, image_bytes, image_meta, neuron_record
+from dnd.report.page import page
+from dnd.report.thumbs import ThumbnailStore
+from dnd.store.fs import join
+from dnd.store.layout import RunLayout
+
+#: Label chips shown per layer in the index (the most frequent labels, with their counts).
+TOP_LABELS = 40
+
+
+def _script(call: str, *values: Any) -> bytes:
+    # "</" is escaped so no label text can close the script element it is embedded in.
+    body = ",".join(json.dumps(v, separators=(",", ":"), ensure_ascii=False).replace("</", "<\\/") for v in values)
+    return f"{call}({body});\n".encode()
+
+
+def build_report(uri: str, out: str | None = None, storage_options: dict | None = None,
+                 log: Callable[[str], None] | None = None) -> str:
+    """Write the report of the run at ``uri`` to ``out`` (default ``<uri>/report``); return index.html's location."""
+    from dnd.results import Results
+
+    log = log or (lambda message: None)
+    results = Results(uri, storage_options)
+    layout = results.layout
+    manifest = layout.read_json("_SUCCESS") or {}
+    config = manifest.get("config") or {}
+    frame = results.neurons
+    if frame is None or len(frame) == 0:
+        raise StorageError(f"run {uri!r} has no neuron rows to report")
+    target = RunLayout(out or join(uri, "report"), storage_options or {})
+    fs = target.fs
+    fs.makedirs(target.path("data"), exist_ok=True)
+
+    meta = image_meta(layout)
+    concepts = {c["concept"] for cands in frame["candidates"] if cands is not None for c in cands}
+    generated = generated_index(config, layout, concepts)
+
+    # The manifest lists layers in the config's order; rows of layers it doesn't name come after.
+    layers = [entry.get("name") for entry in manifest.get("layers") or [] if isinstance(entry, dict)]
+    layers += [name for name in dict.fromkeys(frame["layer"]) if name not in layers]
+    layers = [name for name in layers if (frame["layer"] == name).any()]
+
+    wanted_images: set[str] = set()
+    wanted_generated: set[str] = set()
+    index_layers = []
+    for k, name in enumerate(layers):
+        rows = frame[frame["layer"] == name].sort_values("neuron")
+        records = [neuron_record(row, meta, generated) for row in rows.itertuples()]
+        for record in records:
+            for image in record["tops"] + record["crops"]:
+                wanted_images.add(image["id"])
+                if "p" in image:
+                    wanted_images.add(image["p"])
+            for cand in record["cands"]:
+                wanted_generated.update(cand["g"])
+        counts = Counter(r["label"] for r in records if r["label"])
+        index_layers.append({
+            "name": name,
+            "count": len(records),
+            "status": dict(Counter(r["status"] for r in records)),
+            "labels": [[label, n] for label, n in counts.most_common(TOP_LABELS)],
+        })
+        with fs.open(target.path("data", f"layer-{k}.js"), "wb") as handle:
+            handle.write(_script("DND_LAYER", k, records))
+
+    thumbs = ThumbnailStore(fs, target.path("thumbs"))
+    missing = {i for i in wanted_images if not thumbs.has(i)}
+    for image_id in wanted_images - missing:
+        thumbs.reused += 1
+    for image_id, data in image_bytes(layout, missing):
+        thumbs.add(image_id, data)
+    gen_thumbs = ThumbnailStore(fs, target.path("thumbs", "g"))
+    gen_missing = {i for i in wanted_generated if not gen_thumbs.has(i)}
+    gen_thumbs.reused += len(wanted_generated) - len(gen_missing)
+    for key, data in generated_bytes(config, layout, gen_missing):
+        gen_thumbs.add(key, data)
+
+    index = {
+        "run": uri,
+        "layers": index_layers,
+        "thumbs": {i: 1 for i in sorted(wanted_images) if thumbs.has(i)},
+        "generated": {i: 1 for i in sorted(wanted_generated) if gen_thumbs.has(i)},
+        "thumbnails": {"made": thumbs.made + gen_thumbs.made, "reused": thumbs.reused + gen_thumbs.reused},
+    }
+    with fs.open(target.path("data", "index.js"), "wb") as handle:
+        handle.write(b"window.DND_INDEX=" + json.dumps(index, separators=(",", ":"), ensure_ascii=False).replace("</", "<\\/").encode() + b";\n")
+    with fs.open(target.path("index.html"), "wb") as handle:
+        handle.write(page(f"dnd report: {uri.rstrip('/').rsplit('/', 1)[-1]}", uri).encode())
+    log(f"report: {len(frame)} neurons in {len(layers)} layers; thumbnails made {index['thumbnails']['made']}, "
+        f"reused {index['thumbnails']['reused']}")
+    return join(out or join(uri, "report"), "index.html")

@@ -1,0 +1,87 @@
+"""Step 3: the target model's activations on the generated images, content-addressed.
+
+Each generated image's summary activations for every requested neuron of every layer are cached
+under a key of (target model, layers, neurons, summary function, the image's generation key), so a
+resumed or repeated run sends only images it has never seen through the target model.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+import numpy as np
+
+from dnd.store.cache import ContentCache, content_key
+
+
+def activation_schema():
+    import pyarrow as pa
+
+    return pa.schema([pa.field("key", pa.string()), pa.field("acts", pa.list_(pa.float32()))])
+
+
+def target_pass_key(config: Any, layers: list[Any]) -> str:
+    target = config.target.model_dump(mode="json", include={"model", "weights", "checkpoint", "options"})
+    return content_key("target-pass", _code_digest(), json.dumps(target, sort_keys=True, default=str),
+                       json.dumps([[layer.name, layer.neurons] for layer in layers]), config.step1.summary)
+
+
+def _code_digest() -> str:
+    """The target-pass code is part of the key: a fixed hook or summary must not serve stale values."""
+    import hashlib
+    import inspect
+
+    import dnd.activations.actors as actors
+    import dnd.models.target as target
+
+    source = inspect.getsource(actors) + inspect.getsource(target)
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
+def generated_activations(config: Any, layers: list[Any], layout: Any, dataset: Callable[[set[str]], Any],
+                          entry_keys: dict[str, str], log: Callable[[str], None]) -> tuple[dict[str, list[np.ndarray]], dict]:
+    """``image_id -> [activations of layer 0, layer 1, ...]`` for the images in ``entry_keys``.
+
+    ``dataset(ids)`` gives a Ray dataset of (image_id, data) rows for the images not in the cache.
+    """
+    from dnd.activations.actors import ProbeActivations, prepare_encoded
+    from dnd.activations.step1 import _pool_kwargs
+    from dnd.models.target import build_target
+
+    model_key = target_pass_key(config, layers)
+    keys = {image: content_key(model_key, entry) for image, entry in entry_keys.items()}
+    cache = ContentCache(layout.cache, "generated_activations", activation_schema(), config.output.storage_options)
+    found = cache.lookup(keys.values())
+    widths = np.cumsum([0] + [len(layer.neurons) for layer in layers])
+
+    def split(vector: Any) -> list[np.ndarray]:
+        flat = np.asarray(vector, dtype=np.float32)
+        return [flat[widths[i]:widths[i + 1]] for i in range(len(layers))]
+
+    out = {image: split(found[key]["acts"]) for image, key in keys.items() if key in found}
+    missing = set(keys) - set(out)
+    if missing:
+        target = build_target(config.target.model, config.target.weights, None, config.target.options)
+        spec, preprocess = target.input_spec, target.preprocess
+        del target
+        acts = dataset(missing).map_batches(
+            prepare_encoded, fn_kwargs={"input_spec": spec, "preprocess": preprocess}, batch_format="numpy", num_cpus=0.25,
+        ).map_batches(
+            ProbeActivations,
+            fn_constructor_kwargs={"target_config": config.target.model_dump(mode="json"),
+                                   "layers": [l.name for l in layers],
+                                   "neurons": [l.neurons for l in layers], "summary": config.step1.summary},
+            batch_size=config.target.batch_size, **_pool_kwargs(config.target),
+        )
+        with cache.writer() as writer:
+            for batch in acts.iter_batches(batch_size=None, batch_format="numpy"):
+                for i, image in enumerate(batch["image_id"]):
+                    image = str(image)
+                    if image not in keys:
+                        continue
+                    per_layer = [np.asarray(batch[f"act_{li}"][i], dtype=np.float32) for li in range(len(layers))]
+                    out[image] = per_layer
+                    writer.add({"key": keys[image], "acts": np.concatenate(per_layer).tolist()})
+    log(f"step 3: {len(keys)} generated images through the target model ({len(keys) - len(missing)} from cache)")
+    return out, {"target_forward_images": len(missing), "cache": cache.stats.as_dict()}

@@ -1,0 +1,154 @@
+"""`ray job submit` of `dnd dissect` on a real Ray head, writing to S3 (moto on loopback):
+an undisturbed run, a run stopped partway and resumed, and a run that loses an actor mid-stage."""
+
+import os
+import signal
+import time
+
+import pytest
+from ray.job_submission import JobStatus
+
+from tests.cluster.conftest import BUCKET, read_run, s3fs_for, submit, wait_for
+
+# The smoke config made small enough for two CPUs; the same overrides every time, so every
+# attempt below is the same config (and resumes rather than being refused).
+OVERRIDES = [
+    "probe.sources=[{uri: 'gen://shapes?n=120&seed=0&size=64'}]",
+    "neurons={layer2: '0:4', fc: '0:4'}",
+    "step1.top_k=3",
+    "summarizer.candidates=2",
+    "generator.images_per_concept=2",
+]
+EXPECTED = [("layer2", n) for n in range(4)] + [("fc", n) for n in range(4)]
+CACHES = {"captions": "captioner_images", "concepts": "summarizer_requests", "generated": "generator_images",
+          "generated_activations": "target_generated_images", "embeddings": "embedder_inputs"}
+
+pytestmark = pytest.mark.slow
+
+
+def comparable(frame):
+    """What a user reads from a run, in a fixed order (float noise aside)."""
+    out = {}
+    for row in frame.itertuples():
+        out[(row.layer, int(row.neuron))] = {
+            "status": row.status, "label": row.label, "labels": list(row.labels),
+            "top": [(t["image_id"], round(float(t["activation"]), 4)) for t in row.top_images],
+            "candidates": [(c["concept"], None if c["score"] is None else round(float(c["score"]), 4))
+                           for c in row.candidates],
+            "captions": [c["caption"] for c in row.captions],
+        }
+    return out
+
+
+def assert_every_neuron_once(frame):
+    keys = list(zip(frame["layer"], frame["neuron"].astype(int)))
+    assert sorted(keys) == sorted(EXPECTED), keys
+    assert (frame["status"] == "ok").all(), frame[["layer", "neuron", "status", "error"]]
+    assert frame["label"].notna().all()
+
+
+@pytest.fixture(scope="module")
+def full_run(ray_head, s3):
+    submit(ray_head, s3, "runs/full", OVERRIDES, "dnd-full")
+    status, logs = wait_for(ray_head, "dnd-full")
+    assert status == JobStatus.SUCCEEDED, logs[-4000:]
+    frame, manifest = read_run(s3, "runs/full")
+    return {"frame": frame, "manifest": manifest, "logs": logs}
+
+
+def test_job_writes_every_neuron_to_s3(full_run):
+    frame, manifest = full_run["frame"], full_run["manifest"]
+    assert_every_neuron_once(frame)
+    assert manifest["run"]["mode"] == "fresh" and not manifest["run"]["step1_from_checkpoint"]
+    calls = manifest["model_calls"]
+    assert calls["target_probe_images"] > 0 and calls["captioner_images"] > 0 and calls["generator_images"] > 0
+    assert manifest["counts"]["status"] == {"ok": len(EXPECTED)}
+
+
+def persisted_entries(s3, prefix):
+    """Unique cache keys a (killed) attempt left in the bucket, per cache table."""
+    import pyarrow.parquet as pq
+
+    fs = s3fs_for(s3)
+    out = {}
+    for name in CACHES:
+        folder = f"{BUCKET}/{prefix}/cache/{name}"
+        files = [f for f in fs.find(folder) if f.endswith(".parquet")] if fs.exists(folder) else []
+        keys = set()
+        for f in files:
+            keys.update(pq.read_table(f, columns=["key"], filesystem=fs).column("key").to_pylist())
+        out[name] = len(keys)
+    return out
+
+
+def test_stopped_job_resumes_without_repeating_model_calls(ray_head, s3, full_run):
+    prefix = "runs/resumed"
+    submit(ray_head, s3, prefix, OVERRIDES, "dnd-resume-1")
+    # Stop the job once Step 3 starts: Step 1, captions and concepts are done by then.
+    status, logs = wait_for(ray_head, "dnd-resume-1", until_log="step 3: ")
+    assert status not in (JobStatus.SUCCEEDED, JobStatus.FAILED), logs[-3000:]
+    ray_head.client().stop_job("dnd-resume-1")
+    status, logs = wait_for(ray_head, "dnd-resume-1")
+    assert status == JobStatus.STOPPED
+    fs = s3fs_for(s3)
+    assert not fs.exists(f"{BUCKET}/{prefix}/_SUCCESS")
+    assert fs.exists(f"{BUCKET}/{prefix}/_RUN")
+    persisted = persisted_entries(s3, prefix)
+    assert persisted["captions"] > 0 and persisted["concepts"] > 0
+
+    # The same command again: resumed by default.
+    submit(ray_head, s3, prefix, OVERRIDES, "dnd-resume-2")
+    status, logs = wait_for(ray_head, "dnd-resume-2")
+    assert status == JobStatus.SUCCEEDED, logs[-4000:]
+    assert "resuming the unfinished run" in logs
+    frame, manifest = read_run(s3, prefix)
+    assert_every_neuron_once(frame)
+    assert comparable(frame) == comparable(full_run["frame"])
+    assert manifest["run"] == {"mode": "resume", "config_digest": full_run["manifest"]["run"]["config_digest"],
+                               "step1_from_checkpoint": True}
+    calls, full_calls = manifest["model_calls"], full_run["manifest"]["model_calls"]
+    assert calls["target_probe_images"] == 0
+    for name, family in CACHES.items():
+        # Everything the first attempt persisted was answered from its cache: the two attempts
+        # together asked each model exactly what one undisturbed run asks.
+        assert persisted[name] + calls[family] == full_calls[family], (name, persisted, calls, full_calls)
+
+    # A different config at the same URI is refused with the way out named; nothing is touched.
+    submit(ray_head, s3, prefix, [*OVERRIDES, "step1.top_k=2"], "dnd-resume-other")
+    status, logs = wait_for(ray_head, "dnd-resume-other")
+    assert status == JobStatus.FAILED
+    assert "holds a run of another config" in logs and "--overwrite" in logs
+    assert fs.exists(f"{BUCKET}/{prefix}/_SUCCESS")
+
+
+def _alive_actor(ray_head, class_fragment):
+    from ray.util.state import list_actors
+
+    for actor in list_actors(address=ray_head.dashboard, filters=[("state", "=", "ALIVE")], limit=1000):
+        if class_fragment in actor.class_name and actor.pid:
+            return actor
+    return None
+
+
+def test_actor_killed_mid_stage_is_restarted_and_nothing_is_lost(ray_head, s3, full_run):
+    prefix = "runs/fault"
+    submit(ray_head, s3, prefix, OVERRIDES, "dnd-fault")
+    # Kill the first actor of the activation stage (pass A) as soon as it is serving batches.
+    deadline = time.time() + 300
+    victim = None
+    while victim is None and time.time() < deadline:
+        victim = _alive_actor(ray_head, "ProbeActivations")
+        if victim is None:
+            time.sleep(0.2)
+    assert victim is not None, "the activation stage's actor never came up"
+    os.kill(victim.pid, signal.SIGKILL)
+    status, logs = wait_for(ray_head, "dnd-fault")
+    assert status == JobStatus.SUCCEEDED, logs[-4000:]
+    frame, manifest = read_run(s3, prefix)
+    assert_every_neuron_once(frame)
+    assert comparable(frame) == comparable(full_run["frame"])
+    assert manifest["counts"]["images_used"] == full_run["manifest"]["counts"]["images_used"]
+    from ray.util.state import get_actor
+
+    # The run went on because Ray brought the killed actor back, not because it was no longer needed.
+    assert get_actor(victim.actor_id, address=ray_head.dashboard).num_restarts >= 1
