@@ -27,17 +27,34 @@ pytestmark = pytest.mark.slow
 
 
 def comparable(frame):
-    """What a user reads from a run, in a fixed order (float noise aside)."""
+    """What a user reads from a run, keyed by neuron: exact text and image ids, and the numbers."""
     out = {}
     for row in frame.itertuples():
         out[(row.layer, int(row.neuron))] = {
             "status": row.status, "label": row.label, "labels": list(row.labels),
-            "top": [(t["image_id"], round(float(t["activation"]), 4)) for t in row.top_images],
-            "candidates": [(c["concept"], None if c["score"] is None else round(float(c["score"]), 4))
-                           for c in row.candidates],
+            "top": [t["image_id"] for t in row.top_images],
+            "activations": [float(t["activation"]) for t in row.top_images],
+            "candidates": [c["concept"] for c in row.candidates],
+            "scores": [None if c["score"] is None else float(c["score"]) for c in row.candidates],
             "captions": [c["caption"] for c in row.captions],
         }
     return out
+
+
+def assert_same_results(frame, reference):
+    """The same labels, candidates, captions and top images as ``reference``. Activations and scores
+    agree to float noise only: a restarted actor sees batches of other sizes, and CPU convolution
+    kernels chosen per batch size round the last bits differently."""
+    got, want = comparable(frame), comparable(reference)
+    assert got.keys() == want.keys()
+    for key in want:
+        a, b = got[key], want[key]
+        for field in ("status", "label", "labels", "top", "candidates", "captions"):
+            assert a[field] == b[field], (key, field, a[field], b[field])
+        assert a["activations"] == pytest.approx(b["activations"], rel=1e-4, abs=1e-5), key
+        assert [s is None for s in a["scores"]] == [s is None for s in b["scores"]], key
+        assert [s for s in a["scores"] if s is not None] == pytest.approx(
+            [s for s in b["scores"] if s is not None], rel=1e-4, abs=1e-5), key
 
 
 def assert_every_neuron_once(frame):
@@ -103,7 +120,7 @@ def test_stopped_job_resumes_without_repeating_model_calls(ray_head, s3, full_ru
     assert "resuming the unfinished run" in logs
     frame, manifest = read_run(s3, prefix)
     assert_every_neuron_once(frame)
-    assert comparable(frame) == comparable(full_run["frame"])
+    assert_same_results(frame, full_run["frame"])
     assert manifest["run"] == {"mode": "resume", "config_digest": full_run["manifest"]["run"]["config_digest"],
                                "step1_from_checkpoint": True}
     calls, full_calls = manifest["model_calls"], full_run["manifest"]["model_calls"]
@@ -146,7 +163,7 @@ def test_actor_killed_mid_stage_is_restarted_and_nothing_is_lost(ray_head, s3, f
     assert status == JobStatus.SUCCEEDED, logs[-4000:]
     frame, manifest = read_run(s3, prefix)
     assert_every_neuron_once(frame)
-    assert comparable(frame) == comparable(full_run["frame"])
+    assert_same_results(frame, full_run["frame"])
     assert manifest["counts"]["images_used"] == full_run["manifest"]["counts"]["images_used"]
     from ray.util.state import get_actor
 
