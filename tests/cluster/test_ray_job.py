@@ -165,7 +165,11 @@ def test_actor_killed_mid_stage_is_restarted_and_nothing_is_lost(ray_head, s3, f
     assert_every_neuron_once(frame)
     assert_same_results(frame, full_run["frame"])
     assert manifest["counts"]["images_used"] == full_run["manifest"]["counts"]["images_used"]
-    from ray.util.state import get_actor
+    from ray.util.state import get_actor, list_actors
 
-    # The run went on because Ray brought the killed actor back, not because it was no longer needed.
-    assert get_actor(victim.actor_id, address=ray_head.dashboard).num_restarts >= 1
+    # The run went on because Ray replaced the killed actor, not because it was no longer needed:
+    # either the actor itself was restarted, or Ray Data's pool started another one for the stage.
+    restarted = get_actor(victim.actor_id, address=ray_head.dashboard).num_restarts >= 1
+    others = [a for a in list_actors(address=ray_head.dashboard, limit=1000)
+              if "ProbeActivations" in a.class_name and a.actor_id != victim.actor_id]
+    assert restarted or others, "the killed activation actor was neither restarted nor replaced"
