@@ -185,11 +185,13 @@ def build_later_stages(config: RunConfig) -> list[Callable[..., Any]]:
     from dnd.captioning.stage import run_captions
     from dnd.concepts.stage import build_summarizer, run_concepts
     from dnd.generation.base import GENERATORS
+    from dnd.registry import preflight_backend
     from dnd.selection.embedder import EMBEDDERS
     from dnd.selection.scoring import IMAGE_PRODUCT_FUNCTIONS
     from dnd.selection.stage import label_without_selection, run_selection
 
     CAPTIONERS.get(config.captioner.backend)
+    preflight_backend(CAPTIONERS, config.captioner)
     summarizer = build_summarizer(config)
 
     def step2a_captions(config, step1, rows, layout, log):
@@ -201,6 +203,7 @@ def build_later_stages(config: RunConfig) -> list[Callable[..., Any]]:
     stages = [step2a_captions, step2b_concepts]
     if config.selection.enabled:
         GENERATORS.get(config.generator.backend)
+        preflight_backend(GENERATORS, config.generator)
         if config.selection.embedder is not None:
             EMBEDDERS.get(config.selection.embedder.backend)
         elif config.selection.scoring in IMAGE_PRODUCT_FUNCTIONS:

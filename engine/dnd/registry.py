@@ -84,6 +84,14 @@ def backend_identity(registry: Registry[Any], stage: Any) -> str:
     return str(identity(**stage.options)) if callable(identity) else ""
 
 
+def preflight_backend(registry: Registry[Any], stage: Any) -> None:
+    """Let a backend check what it needs from outside before any model work (the ``serve`` backends:
+    that their server answers), via the factory's optional ``preflight(**options)``."""
+    check = getattr(registry.get(stage.backend), "preflight", None)
+    if callable(check):
+        check(**stage.options)
+
+
 def backend_code_digest(registry: Registry[Any], name: str) -> str:
     """A digest of the source of the module defining backend ``name``: part of cache keys, so that
     changed backend code (a fixed caption clean-up, a new renderer) never serves stale outputs."""

@@ -424,6 +424,21 @@ def reduced_smoke(out, **sections):
     return load_config(data)
 
 
+def test_a_dissection_with_an_unreachable_api_fails_before_step1(local_ray, tmp_path):
+    from dnd.errors import ConfigError
+    from dnd.pipeline import dissect
+
+    url = f"http://127.0.0.1:{free_port()}"
+    config = reduced_smoke(tmp_path / "run", captioner={"backend": "serve", "options": {"url": url}})
+    logged = []
+    with pytest.raises(ConfigError, match="cannot use the dnd Serve API"):
+        dissect(config, log=logged.append)
+    assert not any("step 1" in line for line in logged)
+    with pytest.raises(ConfigError, match="unknown: model"):
+        dissect(reduced_smoke(tmp_path / "run2", generator={"backend": "serve", "options": {"model": "x"}}),
+                log=logged.append)
+
+
 @pytest.mark.slow
 def test_smoke_dissection_through_serve_matches_the_in_pipeline_run(server, tmp_path):
     from dnd.pipeline import dissect

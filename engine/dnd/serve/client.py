@@ -200,6 +200,18 @@ def _chunks(items: list[str], max_count: int, max_bytes: int) -> list[list[str]]
     return chunks
 
 
+def _preflight(family: str, options: dict) -> None:
+    import sys
+
+    unknown = set(options) - {"app", "url", "token_env", "timeout_s"}
+    if unknown:
+        raise ConfigError(f"the serve {family} takes the options app, url, token_env and timeout_s; "
+                          f"unknown: {', '.join(sorted(unknown))}")
+    ray = sys.modules.get("ray")
+    if options.get("url") is not None or (ray is not None and ray.is_initialized()):
+        connect(family, **options)
+
+
 @CAPTIONERS.register("serve")
 class ServeCaptioner:
     """Captions from the ``Captioner`` deployment of a running dnd Serve application."""
@@ -217,6 +229,11 @@ class ServeCaptioner:
         """The remote model's identity (backend, its code digest, its cache key), for the stage's
         cache keys: a redeployed model with other weights or options never reuses old captions."""
         return connect("captioner", **options).identity()
+
+    @classmethod
+    def preflight(cls, **options: Any) -> None:
+        """Before Step 1: the API at ``url`` must answer (handles are checked once Ray runs)."""
+        _preflight("captioner", options)
 
     def caption(self, images: "list[Image.Image]") -> list[str]:
         if not images:
@@ -238,6 +255,10 @@ class ServeGenerator:
     @classmethod
     def cache_identity(cls, **options: Any) -> str:
         return connect("generator", **options).identity()
+
+    @classmethod
+    def preflight(cls, **options: Any) -> None:
+        _preflight("generator", options)
 
     def generate(self, prompts: list[str], seeds: list[int]) -> list[Generated]:
         if len(prompts) != len(seeds):

@@ -216,7 +216,13 @@ def serve_forever(config: dict, log: Callable[[str], None] = print, detach: bool
     if detach:
         log("dnd serve: deployed; it keeps running on the cluster (serve shutdown stops it)")
         return 0
-    log("dnd serve: Ctrl-C stops serving")
+    log("dnd serve: Ctrl-C (or SIGTERM) stops serving")
+    import signal
+
+    def _stop(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
     try:
         while True:
             time.sleep(1)
