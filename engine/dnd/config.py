@@ -114,6 +114,12 @@ class Step1Config(_Section):
     crop_iou: float = Field(0.5, ge=0, le=1, description="eta: a crop's IoU with every crop already kept must be below this.")
     whole_image_iou_cap: float = Field(0.8, ge=0, le=1, description="A crop's IoU with the whole image must be below this.")
     min_crop_pixels: int = Field(8, ge=1, description="Boxes narrower or shorter than this (original pixels) are not cropped.")
+    linear_crops: Literal["none", "gradcam"] = Field(
+        "none", description="Crops for neurons without maps (fc): none as in the paper, or gradcam to crop their Grad-CAM maps."
+    )
+    gradcam_layer: str | None = Field(
+        None, description="Spatial layer the Grad-CAM maps of linear neurons are taken on (null: the last one before the layer)."
+    )
 
 
 class BackendStage(ActorPool):
@@ -158,6 +164,17 @@ class SelectionConfig(_Section):
     top_t: int = Field(10, ge=1, description="t: highest-activating generated images per concept used by image products.")
     multilabel_similarity: float = Field(
         0.81, ge=0, le=1, description="A.7: a lower-scored candidate whose CLIP text similarity to a kept label exceeds this is dropped."
+    )
+    parsimony_share: float | None = Field(
+        0.5, gt=0, le=1,
+        description="The label gives way to a shorter phrase inside it (red circle -> red; the label's sub-phrases are generated too) "
+        "when that phrase's images keep at least this share of the label's activation above the neuron's floor (median over same-seed pairs); "
+        "null keeps the scoring function's choice as the paper does.",
+    )
+    multilabel_share: float | None = Field(
+        0.5, gt=0, le=1,
+        description="A.7 labels after the first need at least this share of the label's mean activation above the neuron's floor, "
+        "and must not restate a kept label with words added or removed; null keeps every dissimilar candidate.",
     )
     embedder: EmbedderConfig | None = Field(
         default_factory=EmbedderConfig, description="CLIP embedder; null disables image products and multi-label de-duplication."

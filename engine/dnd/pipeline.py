@@ -164,16 +164,19 @@ def dissect(config: Any, log: Callable[[str], None] | None = None, overwrite: bo
 def model_calls(step1: Any, step1_resumed: bool, extra: dict[str, Any]) -> dict[str, int]:
     """Inputs each model family computed in this attempt (cache misses), for ``_SUCCESS``."""
 
-    def misses(stage: str) -> int:
-        return int(((extra.get(stage) or {}).get("cache") or {}).get("misses", 0))
+    def misses(section: dict | None) -> int:
+        return int(((section or {}).get("cache") or {}).get("misses", 0))
 
+    # Step 3's parsimony round (the labels' sub-phrases) generates and measures images of its own.
+    parsimony = extra.get("parsimony") or {}
     return {
         "target_probe_images": 0 if step1_resumed else int(step1.counts.get("target_forward_images", 0)),
-        "captioner_images": misses("captions"),
-        "summarizer_requests": misses("concepts"),
-        "generator_images": misses("generation"),
-        "target_generated_images": int((extra.get("generation") or {}).get("target_forward_images", 0)),
-        "embedder_inputs": misses("embeddings"),
+        "captioner_images": misses(extra.get("captions")),
+        "summarizer_requests": misses(extra.get("concepts")),
+        "generator_images": misses(extra.get("generation")) + misses(parsimony.get("generation")),
+        "target_generated_images": int((extra.get("generation") or {}).get("target_forward_images", 0))
+        + int(parsimony.get("target_forward_images", 0)),
+        "embedder_inputs": misses(extra.get("embeddings")),
     }
 
 

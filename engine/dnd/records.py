@@ -43,6 +43,9 @@ def neurons_schema():
         pa.field("score", pa.float64()),
         pa.field("scores", pa.struct(score_fields())),
         pa.field("images", pa.int32()),
+        pa.field("mean_activation", pa.float64()),
+        # Added by Step 3's parsimony (a part of the label, generated to test it), not by Step 2.
+        pa.field("sub_phrase", pa.bool_()),
         pa.field("refused", pa.string()),
     ])
     return pa.schema([

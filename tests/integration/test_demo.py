@@ -1,28 +1,35 @@
-"""A reduced `dnd demo`: the real engine on the planted world recovers planted concepts."""
+"""`dnd demo` end to end: the real engine on the planted world recovers the planted concepts.
+
+The whole demo (35 neurons) takes about as long as a few neurons would: Step 1 reads every probe
+image either way, and a layer's attention crops are cut for all of its neurons at once, so a
+reduced run would not even see the same top images."""
 
 from dnd.synthetic.recovery import names, recovery
 
 
-def test_reduced_demo_recovers_colour_shape_and_texture_detectors(local_ray, tmp_path):
+def test_demo_recovers_planted_concepts(local_ray, tmp_path):
     from dnd.synthetic.demo import run_demo
 
-    # planted/0 detects blue, planted/2 triangles; fc/17 and fc/18 are the checkerboard and dots
-    # class outputs. (The fc layer's top images are whole probe images: crops cut for the planted
-    # layer's neurons do not compete there, or zoomed-in stripes would outrank real checkerboards.)
-    results, summary = run_demo(str(tmp_path / "demo"), neurons={"planted": [0, 2, 9], "fc": [17, 18]},
-                                log=lambda m: None)
+    results, summary = run_demo(str(tmp_path / "demo"), log=lambda m: None)
     frame = results.neurons
-    assert len(frame) == 5 and set(frame["status"]) == {"ok"}
-    labels = {(r.layer, int(r.neuron)): r.label for r in frame.itertuples()}
-    assert names(labels[("planted", 0)], "blue"), labels
-    assert names(labels[("planted", 2)], "triangle"), labels
-    assert names(labels[("fc", 17)], "checkerboard"), labels
-    assert names(labels[("fc", 18)], "dots"), labels
-    # Every label is a phrase of the world, so the generator could render it and Step 3 scored it.
+    assert len(frame) == 16 + 19 and set(frame["status"]) == {"ok"}
+    rows = {(r.layer, int(r.neuron)): r for r in frame.itertuples()}
+    # The issue's targets: fc >= 95%, planted >= 85%, both concepts of polysemantic neurons named
+    # in >= 70% of cases (recovery() counts a label only when it names exactly the planted terms).
+    assert summary["accuracy"]["fc"] >= 0.95, summary["misses"]
+    assert summary["accuracy"]["planted"] >= 0.85, summary["misses"]
+    assert summary["polysemantic_both_named"] >= 0.7, summary["misses"]
+    assert names(rows[("planted", 0)].label, "blue")
+    # The red detector's captions are of red circles (every red object in the probe is one);
+    # Step 3's unbiased images, with parsimony between "red circle" and "red", name the colour.
+    red = rows[("planted", 9)]
+    assert names(red.label, "red"), [c["concept"] for c in red.candidates]
+    assert any("circle" in c["concept"] for c in red.candidates)
+    # The purple class output has no map: its Grad-CAM crops are half its top images and name it.
+    purple = rows[("fc", 4)]
+    assert sum(t["is_crop"] for t in purple.top_images) == 5
+    assert names(purple.label, "purple"), [c["concept"] for c in purple.candidates]
+    # Every label is a phrase of the world, so the generator could render it and Step 3 measured it.
     for row in frame.itertuples():
         assert row.candidates[0]["images"] > 0
-    assert summary["neurons"] == {"planted": 3, "fc": 2}
-    assert 0.0 <= summary["accuracy"]["planted"] <= 1.0
-    # The red detector's candidates come from captions of red circles: Step 3 has red among them.
-    red = frame[(frame["layer"] == "planted") & (frame["neuron"] == 9)].iloc[0]
-    assert any("red" in c["concept"] for c in red.candidates)
+    assert recovery(frame, with_similarity=False)["accuracy"] == summary["accuracy"]

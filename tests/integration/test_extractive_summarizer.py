@@ -143,6 +143,31 @@ def test_propose_gives_distinct_broader_and_narrower_candidates(summarizer):
     assert {a.text for a in summarizer.propose([SPURIOUS], 5)[0]} == {"red", "circle", "red circle"}
 
 
+def test_propose_gives_the_atoms_of_a_compound_and_the_theme_of_the_other_captions(summarizer):
+    # Every caption says "orange diagonally striped": its variants outrank the single word "orange",
+    # which still gets a slot, so Step 3 can find that the colour alone drives the neuron.
+    compound = [f"an orange diagonally striped {shape} on a gray background" for shape in
+                ("square", "square", "circle", "ring", "square", "triangle", "square", "circle", "square", "ring")]
+    texts = [a.text for a in summarizer.propose([compound], 5)[0]]
+    assert "orange diagonally striped" in texts and "orange" in texts, texts
+    # A polysemantic neuron: six captions of yellow squares, four of rings of other colours. "ring"
+    # is in none of the six, so only the theme of the captions "yellow" leaves out brings it.
+    poly = ["a yellow square"] * 3 + ["a yellow checkered square", "a yellow dotted square", "a yellow square on a gray background",
+                                      "a black ring", "a blue ring on a noisy background", "a green dotted ring", "a white ring"]
+    texts = [a.text for a in summarizer.propose([poly], 5)[0]]
+    assert "yellow" in texts and "ring" in texts, texts
+
+
+def test_propose_fills_free_slots_with_minority_themes_but_never_single_captions(summarizer):
+    captions = ["a red circle", "a red square", "a red triangle", "a blue star", "a blue star", "a blue star",
+                "a green star", "a white cross", "a black ring", "a yellow ring"]
+    texts = [a.text for a in summarizer.propose([captions], 5)[0]]
+    # No phrase is in half of the captions; "star" (4 of 10) and "red", "blue" (3 of 10) reach the
+    # 30% floor, "cross" (1 of 10) does not.
+    assert {"star", "red", "blue"} <= set(texts), texts
+    assert "cross" not in texts and "white cross" not in texts
+
+
 def test_propose_drops_rewordings_and_keeps_one_candidate_when_none_is_shared(summarizer):
     [answers] = summarizer.propose([["red circles", "red circle", "circle red", "red circle"]], 5)
     texts = [a.text for a in answers]
@@ -167,6 +192,7 @@ def test_cache_key_and_options():
         ({"caption_fraction": 1.5}, "caption_fraction"),
         ({"frequency_weight": -1}, "frequency_weight"),
         ({"min_share": 0}, "min_share"),
+        ({"fill_share": 2}, "fill_share"),
         ({"model": ""}, "model"),
         ({"temperature": 0}, "temperature"),
     ],

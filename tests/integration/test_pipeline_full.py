@@ -56,7 +56,12 @@ def test_every_neuron_gets_a_scored_label(first_run):
     for row in frame.itertuples():
         assert isinstance(row.label, str) and row.label
         assert row.labels[0] == row.label
-        assert 1 <= len(row.candidates) <= N
+        proposed = [c for c in row.candidates if not c["sub_phrase"]]
+        assert 1 <= len(proposed) <= N
+        # Parsimony adds the label's shorter phrases, measured but not scored by the paper's function.
+        for c in row.candidates:
+            if c["sub_phrase"]:
+                assert c["score"] is None and c["mean_activation"] is not None
         best = row.candidates[0]
         assert best["concept"] == row.label
         assert set(best["scores"]) == {"mean", "topk_squared", "image_products", "topk_squared_image_products"}
@@ -75,9 +80,12 @@ def test_work_is_shared_across_neurons(first_run):
     assert manifest["captions"]["cache"]["misses"] == len(unique_images)
     assert len(unique_images) < sum(len(t) for t in frame["top_images"])
     # Each unique candidate concept is generated Q times, once for all neurons proposing it.
-    concepts = {c["concept"].casefold() for cands in frame["candidates"] for c in cands}
+    concepts = {c["concept"].casefold() for cands in frame["candidates"] for c in cands if not c["sub_phrase"]}
     assert manifest["generation"]["unique_concepts"] == len(concepts)
     assert manifest["generation"]["images"] == len(concepts) * Q
+    # The labels' sub-phrases are a second round, generated only where no neuron proposed them.
+    subs = {c["concept"].casefold() for cands in frame["candidates"] for c in cands if c["sub_phrase"]}
+    assert manifest["parsimony"]["new_concepts"] == len(subs - concepts)
 
 
 def test_rerun_recomputes_nothing_and_a_changed_parameter_only_what_it_touches(first_run, local_ray):
@@ -96,7 +104,7 @@ def test_rerun_recomputes_nothing_and_a_changed_parameter_only_what_it_touches(f
     # Another config at the same URI replaces the run only when asked to; the caches stay.
     changed = dissect(small_config(out, **{"generator.images_per_concept": Q + 1}), log=quiet, overwrite=True).manifest
     concepts = changed["generation"]["unique_concepts"]
-    # Seeds are per (concept, index): the first Q images of each concept are reused, one new each.
+    # Seeds are per image index: the first Q images of each concept are reused, one new each.
     assert changed["generation"]["cache"] == {"hits": concepts * Q, "misses": concepts}
     assert changed["captions"]["cache"]["misses"] == 0
 

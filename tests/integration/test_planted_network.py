@@ -131,6 +131,16 @@ def test_planted_neurons_respond_in_the_probe(model, fresh_probe):
         assert row["auroc"] >= 0.9, row
 
 
+def test_planted_neurons_carry_their_concept_on_attention_crop_like_views(model):
+    """The engine shows the network attention crops stretched to its input: boxes that fit an
+    object, cut into it or sit inside a large one. The planted concepts must hold there too, or the
+    truth the benchmark scores against would not be the network's."""
+    report = train.evaluate(model, train.make_scenes(400, FRESH_SEED + 2, world.PROBE, crop_share=1.0))
+    for row in report["planted"]:
+        assert row["mean_with"] > 5 * row["mean_without"], row
+        assert row["auroc"] >= 0.9, row
+
+
 def test_spurious_neurons_follow_their_concept_not_the_confound(model):
     """On unbiased renders, the red neuron fires on red squares but not on blue circles, and the
     circle neuron the other way round: the bias lives in the probe, not in the network."""

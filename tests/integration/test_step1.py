@@ -132,3 +132,40 @@ def test_rerun_gives_identical_results(local_ray, tmp_path):
     for a, b in zip(first["top_images"], second["top_images"]):
         assert [t["image_id"] for t in a] == [t["image_id"] for t in b]
     assert isinstance(Results(str(tmp_path / "a" / "run")).manifest["timings_s"]["total_s"], float)
+
+
+def test_linear_neurons_get_gradcam_crops_for_half_their_top_k(local_ray, tmp_path, probe_images):
+    from dnd.pipeline import dissect
+
+    results = dissect(config_for(tmp_path, linear_crops="gradcam"), log=lambda m: None)
+    frame = results.neurons
+    images = results.images()
+    crops = images[images["kind"] == "crop"]
+    made_for = {row.image_id: json.loads(row.made_for) for row in crops.itertuples()}
+    fc_index = LAYERS.index("fc")
+    reference = reference_activations(probe_images)
+    target = build_target("torchvision:resnet18", "random-tiny")
+    pre = Preprocessor(target)
+    recorder = LayerRecorder(target, LAYERS)
+    for row in frame[frame["layer"] == "fc"].itertuples():
+        assert len(row.crops) > 0, "Grad-CAM maps give a linear neuron attention crops"
+        local = [t for t in row.top_images if t["is_crop"]]
+        whole = [t for t in row.top_images if not t["is_crop"]]
+        # K = 4: the best 2 crops and the best 2 whole images, whatever their activations.
+        assert len(local) == 2 and len(whole) == 2
+        values = {i: reference[i]["fc"][row.neuron] for i in reference}
+        assert [t["image_id"] for t in whole] == sorted(values, key=lambda i: (-values[i], int(i, 16)))[:2]
+        # The layer's D_cropped: every crop cut from some fc neuron's Grad-CAM map, scored here in
+        # plain PyTorch for this neuron; the top-K's crops are its best two.
+        layer_crops = crops[[any(l == fc_index for l, _ in made_for[i]) for i in crops["image_id"]]]
+        scored = {}
+        for crop in layer_crops.itertuples():
+            x0, y0, x1, y1 = (int(v) for v in crop.box)
+            assert (x1 - x0, y1 - y0) != probe_images[crop.parent_id].size, "a crop is a part of its parent image"
+            view, _ = pre.view(probe_images[crop.parent_id].crop((x0, y0, x1, y1)))
+            outputs = recorder(pre.tensor(view).unsqueeze(0))
+            scored[crop.image_id] = summarize(neuron_maps(outputs["fc"], "fc"), "mean")[0, row.neuron].item()
+        best_crops = sorted(scored, key=lambda i: (-scored[i], int(i, 16)))[:2]
+        assert {t["image_id"] for t in local} == set(best_crops)
+        for t in local:
+            assert t["activation"] == pytest.approx(scored[t["image_id"]], rel=1e-4, abs=1e-5)

@@ -209,6 +209,28 @@ def test_captioner_names_objects_in_their_crops():
     assert right / total >= 0.9
 
 
+def test_a_crop_to_the_objects_own_box_shows_its_shape_and_a_crop_inside_it_does_not():
+    """An Otsu box often fits an object exactly: a circle then grazes all four sides of the frame
+    and must still be called a circle. A box well inside a large object shows only its surface."""
+    captioner = SyntheticCaptioner()
+    rng = np.random.default_rng(8)
+    exact = inside = total = total_inside = 0
+    for shape in ("circle", "square", "ring", "triangle", "star"):
+        for _ in range(5):
+            scene = world.concept_scene(Concept(color="red", shape=shape, size="large"), rng)
+            scene = world.Scene(scene.background, scene.objects[:1], scene.render_seed)
+            image = world.render(scene).pil()
+            x0, y0, x1, y1 = scene.objects[0].bbox(world.SIZE)
+            exact += _main_phrase(captioner.caption([image.crop((x0, y0, x1, y1))])[0]).shape == shape
+            total += 1
+            if shape in ("circle", "square"):  # filled, so the middle half of the box is all object
+                inset = (x1 - x0) // 4
+                inside += "close up" in captioner.caption([image.crop((x0 + inset, y0 + inset, x1 - inset, y1 - inset))])[0]
+                total_inside += 1
+    assert exact / total >= 0.9
+    assert inside / total_inside >= 0.9
+
+
 def test_captioner_reads_textures_and_backgrounds_of_large_objects():
     captioner = SyntheticCaptioner()
     rng = np.random.default_rng(5)
@@ -243,7 +265,7 @@ def test_whole_images_miss_small_objects_that_crops_show():
 
 
 def test_captioner_options_and_odd_inputs():
-    assert SyntheticCaptioner().cache_key == "synthetic-caption|v1|max_objects=2"
+    assert SyntheticCaptioner().cache_key == "synthetic-caption|v2|max_objects=2"
     assert SyntheticCaptioner(max_objects=1).cache_key.endswith("max_objects=1")
     with pytest.raises(ConfigError, match="max_objects"):
         SyntheticCaptioner(max_objects=0)
@@ -291,7 +313,7 @@ def test_generator_refuses_unknown_phrases_with_the_reason():
 
 def test_generator_options():
     big = SyntheticGenerator(size=160)
-    assert big.cache_key == "synthetic-generate|v1|size=160" != SyntheticGenerator().cache_key
+    assert big.cache_key == "synthetic-generate|v2|size=160" != SyntheticGenerator().cache_key
     assert big.generate(["red"], [1])[0].image.size == (160, 160)
     with pytest.raises(ConfigError, match="size"):
         SyntheticGenerator(size=4)

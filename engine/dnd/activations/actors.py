@@ -166,11 +166,41 @@ class AttentionCrops(_TargetActor):
     """
 
     def __init__(self, target_config: dict, layers: list[str], neurons: list[list[int]], summary: str,
-                 crop_options: dict, storage_options: dict, image_format: str = "png"):
+                 crop_options: dict, storage_options: dict, image_format: str = "png",
+                 linear_crops: str = "none", gradcam_layer: str | None = None):
         super().__init__(target_config, layers, neurons, summary)
         self.crop_options = crop_options
         self.storage_options = storage_options
         self.image_format = image_format
+        self.linear_crops = linear_crops
+        self.gradcam_layer = gradcam_layer
+        self.map_layers: dict[str, str] = {}  # linear layer -> the spatial layer its Grad-CAM maps live on
+
+    def _linear_maps(self, pixels: np.ndarray, requests: dict[int, list[tuple[int, int]]]) -> dict[tuple[int, int, int], Any]:
+        """Grad-CAM maps {(layer index, position, neuron): map} for linear-layer neurons (see
+        ``dnd.cropping.gradcam``); empty unless ``step1.linear_crops`` is ``gradcam``."""
+        from dnd.cropping.gradcam import find_map_layer, gradcam_maps
+        from dnd.errors import ConfigError
+
+        found: dict[tuple[int, int, int], Any] = {}
+        if self.linear_crops != "gradcam" or not requests:
+            return found
+        x = self._inputs(pixels)
+        for layer_index, pairs in requests.items():
+            name = self.layers[layer_index]
+            if name not in self.map_layers:
+                self.map_layers[name] = self.gradcam_layer or find_map_layer(
+                    self.target.module, name, lambda: self.target.forward(x[:1]))
+            try:
+                maps = gradcam_maps(self.target.module, self.target.forward, x, self.map_layers[name], name, pairs)
+            except RuntimeError as exc:  # autograd cannot run through this model (in-place ops, frozen graph)
+                raise ConfigError(
+                    f"Grad-CAM maps for layer {name!r} on {self.map_layers[name]!r} failed ({exc}); "
+                    "set step1.gradcam_layer to another spatial layer, or step1.linear_crops: none"
+                ) from None
+            for (position, neuron), grid in maps.items():
+                found[(layer_index, position, neuron)] = grid
+        return found
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         from dnd.cropping.attention import attention_boxes, crop_id
@@ -199,15 +229,24 @@ class AttentionCrops(_TargetActor):
             if views:
                 pixels = self._stack([self._array(view) for _, (view, _) in views])
                 maps = self._record(pixels)
+                linear: dict[int, list[tuple[int, int]]] = {}
+                for position, (i, _) in enumerate(views):
+                    for layer_index, neuron in json.loads(batch["targets"][i]):
+                        if maps[self.layers[layer_index]].dim() != 4:
+                            linear.setdefault(layer_index, []).append((position, neuron))
+                linear_maps = self._linear_maps(pixels, linear)
                 for position, (i, (_, region)) in enumerate(views):
                     image = decoded[i]
                     parent = batch["image_id"][i]
                     by_box: dict[tuple, list] = {}
                     for layer_index, neuron in json.loads(batch["targets"][i]):
                         layer_maps = maps[self.layers[layer_index]]
-                        if layer_maps.dim() != 4:
-                            continue  # linear layers have no spatial map, hence no crops
-                        grid = layer_maps[position, neuron].float().cpu().numpy()
+                        if layer_maps.dim() == 4:
+                            grid = layer_maps[position, neuron].float().cpu().numpy()
+                        elif (layer_index, position, neuron) in linear_maps:
+                            grid = linear_maps[(layer_index, position, neuron)]
+                        else:
+                            continue  # a linear layer without Grad-CAM has no spatial map, hence no crops
                         for box in attention_boxes(grid, image.size, region, **self.crop_options):
                             by_box.setdefault(box, []).append([layer_index, neuron])
                     for box, made_for in by_box.items():

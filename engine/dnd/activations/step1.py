@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from dnd.activations.topk import StreamingTopK
+from dnd.activations.topk import StreamingTopK, holistic_and_local
 from dnd.records import images_schema
 
 MAX_NAMED_SKIPS = 50
@@ -179,8 +179,9 @@ def run_step1(config: Any, layers: list[LayerPlan], read_tasks: list[Any], layou
     # ---- pass B: top-K images once each -> spatial maps -> attention crops -> crop scores --------
     started = time.time()
     targets: dict[int, list[list[int]]] = defaultdict(list)
+    linear_crops = config.step1.linear_crops
     for i, (layer, state) in enumerate(zip(layers, topk)):
-        if not layer.has_map:
+        if not layer.has_map and linear_crops == "none":
             continue
         rows, cols = np.nonzero(np.isfinite(state.values))
         for position, slot in zip(rows, cols):
@@ -189,6 +190,9 @@ def run_step1(config: Any, layers: list[LayerPlan], read_tasks: list[Any], layou
     crops: dict[int, CropInfo] = {}
     crop_acts: dict[tuple[int, int], list[tuple[int, float]]] = defaultdict(list)
     final = [state.copy() for state in topk]
+    # Linear layers cropped through Grad-CAM keep their crops apart and take half of K from them.
+    local_only = {i: StreamingTopK(len(layer.neurons), config.step1.top_k // 2) for i, layer in enumerate(layers)
+                  if not layer.has_map and linear_crops == "gradcam" and config.step1.top_k >= 2}
     crop_count = 0
     use_crops = config.step1.crops and config.step1.crops_per_image > 0 and targets
     items = [
@@ -208,7 +212,8 @@ def run_step1(config: Any, layers: list[LayerPlan], read_tasks: list[Any], layou
             fn_constructor_kwargs={"target_config": target_config, "layers": names, "neurons": neurons,
                                    "summary": config.step1.summary, "crop_options": crop_options,
                                    "storage_options": config.probe.storage_options,
-                                   "image_format": config.output.image_format},
+                                   "image_format": config.output.image_format,
+                                   "linear_crops": linear_crops, "gradcam_layer": config.step1.gradcam_layer},
             batch_size=max(1, min(16, config.target.batch_size)),
             **_pool_kwargs(config.target),
         )
@@ -253,7 +258,7 @@ def run_step1(config: Any, layers: list[LayerPlan], read_tasks: list[Any], layou
                 for i, state in enumerate(final):
                     mine = np.array([any(layer_index == i for layer_index, _ in m) for m in made], dtype=bool)
                     if mine.any():
-                        state.update(batch[f"act_{i}"][index[mine]], keys[mine])
+                        local_only.get(i, state).update(batch[f"act_{i}"][index[mine]], keys[mine])
                 # Each crop's activation for the neurons whose maps made it, for the report.
                 for row in index:
                     for layer_index, neuron in json.loads(str(batch["made_for"][row])):
@@ -264,6 +269,8 @@ def run_step1(config: Any, layers: list[LayerPlan], read_tasks: list[Any], layou
     finally:
         writer.close()
         handle.close()
+    for i, crops_state in local_only.items():
+        final[i] = holistic_and_local(final[i], crops_state)
     timings["step1_crops_s"] = time.time() - started
     log(f"step 1: {len(winners)} top images re-read once each, {crop_count} attention crops scored")
     counts = {

@@ -66,3 +66,26 @@ class StreamingTopK:
         clone.keys = self.keys.copy()
         clone.nan_counts = self.nan_counts.copy()
         return clone
+
+
+def holistic_and_local(whole: StreamingTopK, crops: StreamingTopK) -> StreamingTopK:
+    """Top-K of a neuron without maps whose crops come from Grad-CAM: the best ``crops.k`` crops and
+    the best whole images for the other slots (more whole images where there are fewer crops).
+
+    A class logit counts instances, so the whole image with three small purple things outscores
+    any crop of one of them, and a merged ranking would never show a crop. Taking both by
+    construction keeps the paper's mix of holistic and local views (A.1.2) for these neurons.
+    """
+    k = whole.k
+    merged = StreamingTopK(whole.n_neurons, k)
+    merged.nan_counts = whole.nan_counts.copy()
+    for row in range(whole.n_neurons):
+        local = np.flatnonzero(np.isfinite(crops.values[row]))[: crops.k]
+        n_whole = k - local.size
+        values = np.concatenate([whole.values[row, :n_whole], crops.values[row, local]])
+        keys = np.concatenate([whole.keys[row, :n_whole], crops.keys[row, local]])
+        order = np.lexsort((keys, -values.astype(np.float64)))
+        merged.values[row, : order.size] = values[order]
+        merged.keys[row, : order.size] = keys[order]
+    merged.keys[~np.isfinite(merged.values)] = EMPTY_KEY
+    return merged

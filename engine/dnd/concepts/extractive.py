@@ -7,8 +7,9 @@ embeddings, i.e. the phrase that best stands for what most captions have in comm
 what the paper's summarize prompt asks GPT for.
 
 Diversity across a neuron's N candidates: the pipeline asks :meth:`ExtractiveSummarizer.propose`
-for N distinct candidates at once — the N best-ranked phrases that enough captions share, broader
-and narrower ones side by side ("red", "circle", "red circle"), for Step 3 to choose between. The
+for N distinct candidates at once — well-ranked phrases that enough captions share, broader and
+narrower ones side by side ("red", "circle", "red circle"), with the themes of the captions the
+leading phrase leaves out (a polysemantic neuron's second concept), for Step 3 to choose between. The
 single-answer ``summarize`` (used for callers of the plain protocol) is called with shuffled orders
 of the same captions. An extractive choice over the full set would ignore the order and return the
 same phrase N times, so only the first ``max(min_captions, ceil(caption_fraction * K))`` captions
@@ -58,7 +59,7 @@ _LEADING_FILLER = re.compile(
 _ARTICLES = frozenset({"a", "an", "the"})
 _WORD = re.compile(r"[a-z0-9]+(?:['’-][a-z0-9]+)*")
 _ACCEPTED = (
-    "model, device, max_ngram, caption_fraction, min_captions, frequency_weight, min_share, batch_size"
+    "model, device, max_ngram, caption_fraction, min_captions, frequency_weight, min_share, fill_share, batch_size"
 )
 
 
@@ -157,6 +158,11 @@ class ExtractiveSummarizer:
       phrase.
     * ``min_share``: in :meth:`propose`, the least share of a neuron's captions a candidate must
       appear in (default 0.5: the prompt's "most" captions).
+    * ``fill_share``: when fewer than N phrases reach ``min_share``, :meth:`propose` fills the
+      remaining slots with the most widely shared other phrases found in at least this share of
+      the captions (default 0.3; at least 2 captions). An LLM asked for N descriptions always
+      gives N; a polysemantic neuron's second concept, or a concept only some top images show
+      whole, lives in a minority of captions, and Step 3's generated images judge it like any other.
     * ``batch_size``: phrases per embedding batch (default 64).
 
     Embeddings are cached per phrase for the life of the object, so captions and phrases shared
@@ -173,6 +179,7 @@ class ExtractiveSummarizer:
         min_captions: int = 3,
         frequency_weight: float = 0.3,
         min_share: float = 0.5,
+        fill_share: float = 0.3,
         batch_size: int = 64,
         **unknown: Any,
     ):
@@ -198,6 +205,7 @@ class ExtractiveSummarizer:
         self.batch_size = _integer("batch_size", batch_size, 1)
         self.caption_fraction = _fraction("caption_fraction", caption_fraction)
         self.min_share = _fraction("min_share", min_share)
+        self.fill_share = _fraction("fill_share", fill_share)
         weight = frequency_weight
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
             raise ConfigError(
@@ -209,7 +217,7 @@ class ExtractiveSummarizer:
             f"extractive:model={self._model_id()}|max_ngram={self.max_ngram}"
             f"|caption_fraction={self.caption_fraction:g}|min_captions={self.min_captions}"
             # This module's own text: a change to the stopwords or the scoring changes answers.
-            f"|frequency_weight={self.frequency_weight:g}|min_share={self.min_share:g}"
+            f"|frequency_weight={self.frequency_weight:g}|min_share={self.min_share:g}|fill_share={self.fill_share:g}"
             f"|code={source_digest(sys.modules[__name__])}"
         )
         self.usage = Usage(extra={"embedded_phrases": 0})
@@ -237,11 +245,14 @@ class ExtractiveSummarizer:
     def propose(self, caption_sets: list[list[str]], n: int) -> list[list[Answer]]:
         """Up to ``n`` distinct candidate concepts per caption list, in one pass (see module doc).
 
-        The ranking is ``summarize``'s score over *all* the captions; walking down it, a phrase is
-        kept when at least ``min_share`` of the captions contain it (the prompt's "most, not
-        necessarily all") and it is not a re-wording (same words up to plurals and order) of one
-        already kept. Broader and narrower phrases ("red", "circle", "red circle") are kept side by
-        side on purpose: telling them apart is what Step 3's generated images are for.
+        The ranking is ``summarize``'s score over *all* the captions. Phrases that at least
+        ``min_share`` of the captions contain (the prompt's "most, not necessarily all") fill the
+        slots: half by rank, then up to two themes of the captions the leading phrase leaves out
+        (sharing no word with it, in two captions at least), then the single words most captions
+        share, then the rest by rank; free slots go to minority themes (``fill_share``). A
+        re-wording (same words up to plurals and order) of a kept phrase is skipped. Broader and
+        narrower phrases ("red", "circle", "red circle") are kept side by side on purpose: telling
+        them apart is what Step 3's generated images are for.
         """
         plans = [self._plan(captions, everything=True) for captions in caption_sets]
         self.usage.requests += len(caption_sets)
@@ -324,19 +335,59 @@ class ExtractiveSummarizer:
     def _choose_many(self, phrases: list[str], used: list[str], in_captions: dict, embeddings: dict,
                      n: int) -> list[Answer]:
         needed = max(1, math.ceil(self.min_share * len(used)))
+        ranked = self._ranked(phrases, used, in_captions, embeddings)
         kept: list[str] = []
         seen: set[frozenset[str]] = set()
-        for phrase in self._ranked(phrases, used, in_captions, embeddings):
+
+        def take(phrase: str) -> None:
             wording = frozenset(_stem(w) for w in words(phrase))
-            if in_captions[phrase] < needed or wording in seen:
-                continue
-            kept.append(phrase)
-            seen.add(wording)
-            if len(kept) == n:
-                break
+            if wording not in seen and len(kept) < n:
+                kept.append(phrase)
+                seen.add(wording)
+
+        shared = [p for p in ranked if in_captions[p] >= needed]
+        position = {phrase: i for i, phrase in enumerate(ranked)}
+        # Half the slots by rank; then up to two themes of the captions the leading phrase does not
+        # cover (a polysemantic neuron's other concept, the small object only the crops show); then
+        # the single words most captions share, so that the atoms of the leading compound
+        # ("orange", not only "orange diagonally striped" and its variants) reach Step 3; then the
+        # rest by rank.
+        head = math.ceil(n / 2)
+        # (A residual theme must still be in two captions: one caption is an anecdote, not a theme.)
+        residual = [p for p in self._residual_themes(shared[0] if shared else ranked[0], used, position)
+                    if in_captions[p] >= 2][:2]
+        singles = sorted((p for p in shared[head:] if len(words(p)) == 1), key=lambda p: (-in_captions[p], position[p]))
+        for phrase in shared[:head] + residual + singles + shared[head:]:
+            take(phrase)
+        # Too few shared by most captions: fill with the widest-shared minority themes, in order of
+        # how many captions name them (then rank), never from a single caption.
+        floor = max(2, math.ceil(self.fill_share * len(used)))
+        minority = [p for p in ranked if floor <= in_captions[p] < needed]
+        for phrase in sorted(minority, key=lambda p: (-in_captions[p], position[p])):
+            take(phrase)
         if not kept:  # no phrase is shared widely enough: the best single one still stands for them
-            kept = self._ranked(phrases, used, in_captions, embeddings)[:1]
+            kept = ranked[:1]
         return [Answer(p) for p in kept]
+
+    def _residual_themes(self, leader: str, used: list[str], position: dict[str, int]) -> list[str]:
+        """Phrases shared by at least ``min_share`` of the captions that do not contain ``leader``
+        and that have no word in common with it (another concept, not a variant of the leader's),
+        most widely shared first (then by rank); none when every caption contains the leader."""
+        key = tuple(_stem(w) for w in words(leader))
+        leader_words = set(key)
+        rest = [grams for grams in (_stem_grams(c, self.max_ngram) for c in used) if key not in grams]
+        if not rest:
+            return []
+        needed = max(1, math.ceil(self.min_share * len(rest)))
+        counts = {}
+        for phrase in position:
+            stem = tuple(_stem(w) for w in words(phrase))
+            if leader_words & set(stem):
+                continue
+            count = sum(stem in grams for grams in rest)
+            if count >= needed:
+                counts[phrase] = count
+        return sorted(counts, key=lambda p: (-counts[p], position[p]))
 
     def _embed(self, texts: list[str]) -> dict:
         """Unit-norm embeddings of ``texts``, from the cache or one batched encode."""

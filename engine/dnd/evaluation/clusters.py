@@ -21,7 +21,9 @@ def concept_sets(rows: Any) -> list[list[str]]:
     """Each neuron's candidate concepts (its label alone when it has no candidates)."""
     sets = []
     for row in rows.itertuples():
-        concepts = [c["concept"] for c in (row.candidates if row.candidates is not None else []) if c.get("concept")]
+        # Step 2's candidate set T (the paper's clusters); the sub-phrases Step 3's parsimony adds are not proposals.
+        concepts = [c["concept"] for c in (row.candidates if row.candidates is not None else [])
+                    if c.get("concept") and not c.get("sub_phrase")]
         sets.append(concepts or [row.label])
     return sets
 

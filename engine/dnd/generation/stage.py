@@ -1,8 +1,8 @@
 """Step 3, first half: Q images for every unique candidate concept of the run, generated once.
 
-Seeds are fixed per (run seed, concept, index), so a rerun — or another neuron proposing the same
-concept — gets the very same images, and the cache (keyed by generator config, prompt and seed)
-answers instead of the generator.
+Seeds are fixed per (run seed, image index) and shared by all concepts (see ``image_seed``), so a
+rerun — or another neuron proposing the same concept — gets the very same images, and the cache
+(keyed by generator config, prompt and seed) answers instead of the generator.
 """
 
 from __future__ import annotations
@@ -40,9 +40,13 @@ def generator_key(stage: Any) -> str:
                        json.dumps(stage.options, sort_keys=True, default=str), *([remote] if remote else []))
 
 
-def image_seed(run_seed: int, concept_key: str, index: int) -> int:
-    """A 31-bit seed from (run seed, concept, index): stable across processes and Python versions."""
-    digest = hashlib.sha256(f"{run_seed}|{concept_key}|{index}".encode()).digest()
+def image_seed(run_seed: int, index: int) -> int:
+    """A 31-bit seed from (run seed, image index): stable across processes and Python versions.
+
+    Every concept's i-th image uses the same seed ("common random numbers"): a text-to-image model
+    started from the same noise draws "red" and "red circle" with a similar composition, so Step 3
+    compares concepts on paired images rather than on two unrelated samples of ten."""
+    digest = hashlib.sha256(f"{run_seed}|{index}".encode()).digest()
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
@@ -106,7 +110,6 @@ def run_generation(config: Any, concepts: list[str], layout: Any, log: Callable[
     import ray
 
     from dnd.activations.step1 import _pool_kwargs
-    from dnd.selection.dedupe import concept_key
 
     stage = config.generator
     started = time.time()
@@ -117,7 +120,7 @@ def run_generation(config: Any, concepts: list[str], layout: Any, log: Callable[
     for concept in concepts:
         keys = []
         for index in range(q):
-            seed = image_seed(config.seed, concept_key(concept), index)
+            seed = image_seed(config.seed, index)
             prompt = stage.prompt_template.format(concept)
             key = content_key(model_key, prompt, seed)
             requests[key] = {"key": key, "prompt": prompt, "seed": seed}

@@ -63,11 +63,10 @@ def image_bytes(layout: RunLayout, wanted: set[str]) -> "Any":
 def generated_index(config: dict, layout: RunLayout, concepts: set[str]) -> dict[str, list[str]]:
     """concept -> cache keys of its generated images (those the run generated, not refused).
 
-    Step 3 seeds image i of a concept from (run seed, concept, i) and prompts with the configured
+    Step 3 seeds image i of every concept from (run seed, i) and prompts with the configured
     template, so (prompt, seed) finds a concept's images in the generation cache.
     """
     from dnd.generation.stage import image_seed
-    from dnd.selection.dedupe import concept_key
 
     generator = config.get("generator") or {}
     template = generator.get("prompt_template", "{}")
@@ -75,10 +74,9 @@ def generated_index(config: dict, layout: RunLayout, concepts: set[str]) -> dict
     run_seed = int(config.get("seed", 0) or 0)
     wanted: dict[tuple[str, int], tuple[str, int]] = {}
     for concept in concepts:
-        key = concept_key(concept)
         prompt = template.format(concept).casefold()
         for index in range(count):
-            wanted[(prompt, image_seed(run_seed, key, index))] = (concept, index)
+            wanted[(prompt, image_seed(run_seed, index))] = (concept, index)
     cache_root = (config.get("output") or {}).get("cache_uri") or layout.cache
     cache = RunLayout(cache_root, layout.storage_options)
     found: dict[str, dict[int, str]] = {}
@@ -133,6 +131,8 @@ def neuron_record(row: Any, meta: dict[str, dict], generated: dict[str, list[str
             "c": cand["concept"],
             "s": _number(cand.get("score")),
             "ss": [_number(scores.get(name)) for name in SCORE_NAMES],
+            "ma": _number(cand.get("mean_activation")),
+            "sp": bool(cand.get("sub_phrase")),
             "n": cand.get("images"),
             "r": cand.get("refused"),
             "g": generated.get(cand["concept"], []),

@@ -58,9 +58,10 @@ function card(layer,r){var c=el('div',{'class':'card','data-neuron':r.n});
  c.appendChild(el('h3',null,'top images'));var d=el('div',{'class':'imgs'});r.tops.forEach(function(t){d.appendChild(figure(t));});c.appendChild(d);
  if(r.crops.length){c.appendChild(el('h3',null,'attention crops'));d=el('div',{'class':'imgs'});r.crops.forEach(function(t){d.appendChild(figure(t));});c.appendChild(d);}
  if(r.cands.length){c.appendChild(el('h3',null,'candidate concepts'));var tb=el('table'),hr=el('tr');
-  ['concept','score'].concat(SCORES).concat(['images','generated']).forEach(function(x){hr.appendChild(el('th',null,x));});tb.appendChild(hr);
-  r.cands.forEach(function(k){var tr=el('tr');tr.appendChild(el('td',null,k.c));tr.appendChild(el('td',null,fmt(k.s)));
+  ['concept','score'].concat(SCORES).concat(['mean activation','images','generated']).forEach(function(x){hr.appendChild(el('th',null,x));});tb.appendChild(hr);
+  r.cands.forEach(function(k){var tr=el('tr');tr.appendChild(el('td',null,k.c+(k.sp?' (sub-phrase)':'')));tr.appendChild(el('td',null,fmt(k.s)));
    k.ss.forEach(function(s){tr.appendChild(el('td',null,fmt(s)));});
+   tr.appendChild(el('td',null,fmt(k.ma)));
    tr.appendChild(el('td',null,(k.n===null?'-':k.n)+(k.r?' (refused: '+k.r+')':'')));
    var g=el('td',{'class':'gen'});k.g.forEach(function(id){g.appendChild(thumb(id,true));});tr.appendChild(g);tb.appendChild(tr);});
   c.appendChild(tb);}

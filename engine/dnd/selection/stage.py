@@ -93,7 +93,7 @@ def run_selection(config: Any, step1: Any, rows: list[dict[str, Any]], layout: A
 
     from dnd.captioning.stage import stored_images
     from dnd.generation.stage import generated_dataset, run_generation
-    from dnd.selection.dedupe import unique_concepts
+    from dnd.selection.dedupe import concept_key, unique_concepts
 
     started = time.time()
     active = [r for r in rows if r["status"] == "ok" and r["candidates"]]
@@ -110,19 +110,25 @@ def run_selection(config: Any, step1: Any, rows: list[dict[str, Any]], layout: A
         row["candidates"] = kept
     generated, counts = run_generation(config, concepts, layout, log)
 
-    # ---- the target model on every usable generated image, once --------------------------------
-    owner = {image: u for u in range(len(concepts)) for image in generated.usable(u)}
     layer_index = {layer.name: i for i, layer in enumerate(step1.layers)}
     position = [{n: p for p, n in enumerate(layer.neurons)} for layer in step1.layers]
-    needs: dict[int, list[tuple[int, int, int]]] = defaultdict(list)  # u -> (row, layer, position)
-    for r, row in enumerate(active):
-        li = layer_index[row["layer"]]
-        for candidate in row["candidates"]:
-            needs[candidate["_u"]].append((r, li, position[li][row["neuron"]]))
     values: list[dict[str, float]] = [dict() for _ in active]  # per neuron: generated image -> activation
-    if owner:
-        # Cached per image, so a resumed run sends only unseen generated images through the target.
+
+    def measure(us: "range | set[int]") -> tuple[int, dict]:
+        """The target model on every usable generated image of concepts ``us`` (cached per image, so
+        a resumed run sends only unseen ones); each neuron keeps its own candidates' activations.
+        Returns (images sent through the target, cache counts)."""
+        owner = {image: u for u in us for image in generated.usable(u)}
+        if not owner:
+            return 0, {}
         from dnd.selection.generated_activations import generated_activations
+
+        needs: dict[int, list[tuple[int, int, int]]] = defaultdict(list)  # u -> (row, layer, position)
+        for r, row in enumerate(active):
+            li = layer_index[row["layer"]]
+            for candidate in row["candidates"]:
+                if candidate["_u"] in us:
+                    needs[candidate["_u"]].append((r, li, position[li][row["neuron"]]))
 
         def unseen(ids: set[str]):
             return generated_dataset(layout, generated, config.output.storage_options).map_batches(
@@ -133,19 +139,31 @@ def run_selection(config: Any, step1: Any, rows: list[dict[str, Any]], layout: A
         for image, per_layer in per_image.items():
             for r, li, p in needs.get(owner[image], ()):
                 values[r][image] = float(per_layer[li][p])
-        counts["generation"]["target_forward_images"] = target_counts["target_forward_images"]
-        counts["generation"]["target_cache"] = target_counts["cache"]
-    else:
-        counts["generation"]["target_forward_images"] = 0
+        return target_counts["target_forward_images"], target_counts["cache"]
+
+    # ---- the target model on every usable generated image, once --------------------------------
+    forward, cache_counts = measure(range(len(concepts)))
+    counts["generation"]["target_forward_images"] = forward
+    if cache_counts:
+        counts["generation"]["target_cache"] = cache_counts
 
     # ---- CLIP embeddings: neurons' top images, generated images, candidate texts -------------
     stage = config.selection.embedder
     image_emb: dict[str, np.ndarray] = {}
     text_emb: dict[str, np.ndarray] = {}
+    embed_tally = counts.setdefault("embeddings", {"cache": {}})["cache"] if stage is not None else {}
+
+    def embed_texts(texts: set[str]) -> None:
+        model_key = embedder_key(stage)
+        text_emb.update(_embed(
+            config, layout, lambda items: ray.data.from_items([{"text": t} for t in sorted(items)]),
+            {t: content_key(model_key, "text", t) for t in texts}, log, "candidate concepts", embed_tally,
+        ))
+
     if stage is not None:
         model_key = embedder_key(stage)
         top_ids = {t["image_id"] for r in active for t in r["top_images"]}
-        gen_ids = set(owner)
+        gen_ids = {image for u in range(len(concepts)) for image in generated.usable(u)}
 
         def images_to_embed(ids: set[str]):
             # One pass (one actor pool) for the neurons' top images and the generated images.
@@ -154,21 +172,16 @@ def run_selection(config: Any, step1: Any, rows: list[dict[str, Any]], layout: A
                 _keep, fn_kwargs={"wanted": sorted(ids & gen_ids)}, batch_format="numpy")
             return stored.union(made)
 
-        embed_tally = counts.setdefault("embeddings", {"cache": {}})["cache"]
         image_emb = _embed(
             config, layout, images_to_embed,
             {i: content_key(model_key, "image", i) for i in top_ids | gen_ids}, log, "top and generated images", embed_tally,
         )
-        texts = sorted({c["concept"] for r in active for c in r["candidates"]})
-        text_emb = _embed(
-            config, layout, lambda items: ray.data.from_items([{"text": t} for t in sorted(items)]),
-            {t: content_key(model_key, "text", t) for t in texts}, log, "candidate concepts", embed_tally,
-        )
+        embed_texts({c["concept"] for r in active for c in r["candidates"]})
 
-    # ---- scores, label and multiple labels per neuron ------------------------------------------
-    from dnd.selection.multilabel import multiple_labels, text_similarity
+    # ---- the paper's scores and choice per neuron ----------------------------------------------
     from dnd.selection.scoring import score_all, select_best
 
+    chosen_index: list[int | None] = [None] * len(active)
     for r, row in enumerate(active):
         candidates = row["candidates"]
         image_ids, concept_of = [], []
@@ -176,9 +189,6 @@ def run_selection(config: Any, step1: Any, rows: list[dict[str, Any]], layout: A
             usable = [i for i in generated.usable(candidate["_u"]) if i in values[r]]
             image_ids.extend(usable)
             concept_of.extend([j] * len(usable))
-            candidate["images"] = len(usable)
-            reasons = sorted({reason for _, reason in generated.images[candidate["_u"]] if reason})
-            candidate["refused"] = "; ".join(reasons) or None
         activations = np.array([values[r][i] for i in image_ids], dtype=np.float64)
         top_emb = gen_emb = None
         if stage is not None:
@@ -189,27 +199,108 @@ def run_selection(config: Any, step1: Any, rows: list[dict[str, Any]], layout: A
         scores = score_all(activations, np.asarray(concept_of, dtype=np.int64), len(candidates), top_emb, gen_emb,
                            beta=config.selection.beta, t=config.selection.top_t)
         chosen = scores[config.selection.scoring]
-        names = [c["concept"] for c in candidates]
         for j, candidate in enumerate(candidates):
             candidate["scores"] = {name: _finite_or_none(scores[name][j]) for name in SCORE_NAMES}
             candidate["score"] = _finite_or_none(chosen[j])
-            candidate.pop("_u", None)
         if np.isnan(chosen).all() or not np.isfinite(chosen).any():
             # No generated image for any candidate (all refused) or the function is unavailable:
             # fall back to the paper's Step-3-free label, the first summary's candidate.
-            row["label"] = names[0]
-            row["labels"] = [names[0]]
             row["error"] = _join(row["error"], "warning: no generated image could score the candidates; label is the first summary")
             continue
-        best = select_best(chosen, names)
+        chosen_index[r] = select_best(chosen, [c["concept"] for c in candidates])
+
+    # ---- parsimony: the label's own sub-phrases are generated and measured too -----------------
+    parsimony = config.selection.parsimony_share
+    if parsimony is not None:
+        from dnd.selection.parsimony import sub_phrases
+
+        known = {concept_key(c): u for u, c in enumerate(concepts)}
+        first_new = len(concepts)
+        attached: set[int] = set()  # concepts that became some neuron's sub-phrase candidates
+        for r, row in enumerate(active):
+            if chosen_index[r] is None:
+                continue
+            mine = {concept_key(c["concept"]) for c in row["candidates"]}
+            for phrase in sub_phrases(row["candidates"][chosen_index[r]]["concept"]):
+                key = concept_key(phrase)
+                if key in mine:
+                    continue
+                if key not in known:
+                    known[key] = len(concepts)
+                    concepts.append(phrase)
+                mine.add(key)
+                attached.add(known[key])
+                row["candidates"].append({"concept": phrase, "_u": known[key], "sub_phrase": True})
+        new = concepts[first_new:]
+        extra: dict[str, Any] = {"sub_phrases": len(attached), "new_concepts": len(new)}
+        if new:
+            more, more_counts = run_generation(config, new, layout, log)
+            generated.concepts = list(concepts)  # the first round's list, now with the sub-phrases
+            generated.images.extend(more.images)
+            generated.entry_keys.update(more.entry_keys)
+            extra["generation"] = more_counts["generation"]
+        if attached:
+            # A sub-phrase that was another neuron's candidate has images already; this neuron's
+            # activations on them come from the per-image cache.
+            forward, cache_counts = measure(attached)
+            extra["target_forward_images"] = forward
+            if cache_counts:
+                extra["target_cache"] = cache_counts
+            if stage is not None:
+                embed_texts({concepts[u] for u in attached})
+        counts["parsimony"] = extra
+
+    # ---- label and multiple labels per neuron --------------------------------------------------
+    from dnd.selection.multilabel import multiple_labels, text_similarity
+    from dnd.selection.parsimony import simplest_sufficient, supported_labels
+
+    for r, row in enumerate(active):
+        candidates = row["candidates"]
+        names = [c["concept"] for c in candidates]
+        per_candidate = []
+        for candidate in candidates:
+            made = generated.images[candidate["_u"]]
+            # Image i of every concept has the same seed: NaN keeps refused images' places so that
+            # parsimony can pair image i of one concept with image i of another.
+            acts = np.array([values[r].get(image, np.nan) if refused is None else np.nan for image, refused in made],
+                            dtype=np.float64)
+            candidate["images"] = int(np.isfinite(acts).sum())
+            reasons = sorted({reason for _, reason in made if reason})
+            candidate["refused"] = "; ".join(reasons) or None
+            candidate["mean_activation"] = float(np.nanmean(acts)) if candidate["images"] else None
+            candidate.setdefault("scores", {name: None for name in SCORE_NAMES})
+            candidate.setdefault("score", None)
+            candidate.setdefault("sub_phrase", False)
+            per_candidate.append(acts)
+            candidate.pop("_u", None)
+        best = chosen_index[r]
+        if best is None:
+            row["label"] = names[0]
+            row["labels"] = [names[0]]
+            continue
+        # The neuron's floor on Step 3's images: its mean on the least related concept it was shown
+        # (sub-phrases such as "circle" of "red circle" usually supply one).
+        means = [c["mean_activation"] for c in candidates if c["mean_activation"] is not None]
+        baseline = float(min(means)) if means else float("nan")
+        if parsimony is not None:
+            best, _share = simplest_sufficient(names, best, per_candidate, baseline, parsimony)
         row["label"] = names[best]
+        # The label leads the multiple labels even when parsimony chose it over a higher score;
+        # sub-phrases the paper's function did not score take part only through parsimony.
+        ranked = np.array([np.inf if j == best else (c["score"] if c["score"] is not None else np.nan)
+                           for j, c in enumerate(candidates)], dtype=np.float64)
         if text_emb and all(n in text_emb for n in names):
             similarity = text_similarity(np.stack([text_emb[n] for n in names]))
-            row["labels"] = multiple_labels(names, chosen, similarity, config.selection.multilabel_similarity)
+            labels = multiple_labels(names, ranked, similarity, config.selection.multilabel_similarity)
         else:
-            row["labels"] = [names[best]]
-        # Candidates are reported best first: the table reads as the ranking it is.
-        order = sorted(range(len(candidates)), key=lambda j: (-(candidates[j]["score"] if candidates[j]["score"] is not None else -np.inf), j))
+            labels = [names[best]]
+        if config.selection.multilabel_share is not None:
+            kept = supported_labels(names, [names.index(label) for label in labels], per_candidate, baseline,
+                                    config.selection.multilabel_share)
+            labels = [names[j] for j in kept]
+        row["labels"] = labels
+        # Candidates are reported label first, then best score first: the table reads as the ranking it is.
+        order = sorted(range(len(candidates)), key=lambda j: (j != best, -(candidates[j]["score"] if candidates[j]["score"] is not None else -np.inf), j))
         row["candidates"] = [candidates[j] for j in order]
     counts["selection"] = {"neurons_scored": len(active), "seconds": round(time.time() - started, 3)}
     return counts

@@ -25,7 +25,7 @@ from dnd.synthetic.world import COLORS, SMALL_LIMIT, TEXTURE_ADJECTIVES, texture
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
-CAPTIONER_VERSION = "1"
+CAPTIONER_VERSION = "2"
 
 # The world's backgrounds are neutral mid-grays; a border pixel that looks like one is taken as
 # ground when estimating the background (an object cut by a crop's edge is not).
@@ -272,6 +272,19 @@ def _background_words(rgb: np.ndarray, objects_mask: np.ndarray, ground: np.ndar
     return "gray"
 
 
+def _cut_edges(component: np.ndarray, width: int, height: int) -> int:
+    """How many sides of the frame cut the object: along a side, its pixels on the frame's edge
+    span more than a third of its extent. A circle cropped to its own bounding box only grazes
+    the four sides (a few pixels each) and is seen whole; a crop inside an object is cut on all."""
+    contacts = (
+        (int(component[0].sum()), width),
+        (int(component[-1].sum()), width),
+        (int(component[:, 0].sum()), height),
+        (int(component[:, -1].sum()), height),
+    )
+    return sum(touching > 0.35 * extent for touching, extent in contacts)
+
+
 def describe(image: "Image.Image") -> tuple[list[SeenObject], str | None]:
     """The objects in an image, most prominent first, and the background's kind (or None when
     too little background shows)."""
@@ -304,7 +317,7 @@ def describe(image: "Image.Image") -> tuple[list[SeenObject], str | None]:
         pts = np.column_stack(np.nonzero(component)[::-1]).astype(np.float32)
         _, radius = cv2.minEnclosingCircle(pts)
         small = 2 * radius / min(h, w) < SMALL_LIMIT
-        edges = (x == 0) + (y == 0) + (x + bw == w) + (y + bh == h)
+        edges = _cut_edges(component, bw, bh)
         fills = edges >= 3 and area > 0.6 * h * w
         seen.append(SeenObject(color, shape, texture, small, float(area), edges > 0, fills))
     # An object cut by the frame is usually a neighbour intruding into a crop, not its subject.

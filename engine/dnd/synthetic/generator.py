@@ -16,7 +16,7 @@ from dnd.errors import ConfigError
 from dnd.generation.base import GENERATORS, PROMPT_TEMPLATE, Generated
 from dnd.synthetic.world import SIZE, concept_scene, read_phrase, render
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 
 _TEMPLATE_PREFIX = PROMPT_TEMPLATE.split("{}")[0]
 

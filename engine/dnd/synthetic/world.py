@@ -523,15 +523,47 @@ def sample_scene(rng: np.random.Generator, design: SceneDesign = TRAINING) -> Sc
 
 
 def concept_scene(concept: Concept, rng: np.random.Generator) -> Scene:
-    """One or two instances of ``concept``, other attributes drawn freely (no planted bias)."""
+    """One or two instances of ``concept``, other attributes drawn freely (no planted bias).
+
+    Two phrases rendered from the same seed share everything neither of them names: the layout
+    (how many objects, their sizes, places and turns, the background) and the free attributes come
+    from their own streams, and every attribute is drawn whether or not the phrase fixes it. So
+    "purple" and "purple circle" differ only in the shapes, as a text-to-image model started from
+    the same noise keeps its composition across prompts; Step 3 uses the same seeds for every
+    concept and so compares concepts on paired images.
+    """
+    layout_rng, attribute_rng = rng.spawn(2)
     specs = []
-    for _ in range(int(rng.integers(1, 3))):
-        size = concept.size or ("small" if rng.random() < 0.3 else "large")
-        specs.append((*_sample_attributes(rng, TRAINING, concept, size), size))
-    scene = _build_scene(rng, specs, concept.background)
-    if not scene.objects:  # cannot happen for one or two objects, but never render an empty concept
-        return concept_scene(concept, rng)
-    return scene
+    for _ in range(int(layout_rng.integers(1, 3))):
+        drawn_size = "small" if layout_rng.random() < 0.3 else "large"
+        size = concept.size or drawn_size
+        shape = _choice(attribute_rng, SHAPES)
+        color = _choice(attribute_rng, tuple(COLORS))
+        texture = _choice(attribute_rng, TEXTURES, TRAINING.texture_weights)
+        stripes = _choice(attribute_rng, STRIPE_TEXTURES)
+        if concept.texture == ANY_STRIPES:
+            texture = stripes
+        elif concept.texture is not None:
+            texture = concept.texture
+        elif size == "small":
+            texture = "solid"  # as in every design: a texture needs a few periods to be seen
+        specs.append((concept.shape or shape, concept.color or color, texture, size))
+    diameters = [_diameter(size, layout_rng) for *_, size in specs]
+    centres = _place(layout_rng, diameters)
+    background = _choice(layout_rng, BACKGROUNDS)
+    render_seed = int(layout_rng.integers(2**31))
+    objects = []
+    for k, ((shape, color, texture, size), diameter, centre) in enumerate(zip(specs, diameters, centres)):
+        if centre is None:
+            continue
+        # Each object's turn and tint from its own stream: a shape that turns (a star) must not shift
+        # the draws of the next object, or paired images would drift apart.
+        own = np.random.default_rng([render_seed, k])
+        rgb = _jitter_rgb(color, own)  # before the turn, which only some shapes draw
+        objects.append(SceneObject(shape, color, texture, size, diameter, centre, _angle_for(shape, own), rgb))
+    if not objects:  # cannot happen for one or two objects, but never render an empty concept
+        return concept_scene(concept, layout_rng)
+    return Scene(concept.background or background, tuple(objects), render_seed)
 
 
 # ---------------------------------------------------------------------------------------------
