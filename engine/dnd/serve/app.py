@@ -85,6 +85,9 @@ class _ModelReplica:
 
         load_builtin_backends()
         self.spec = args_class.model_validate(spec)
+        # Each subclass's @serve.batch method ``_batched`` takes its sizes from the deployment's args.
+        self._batched.set_max_batch_size(self.spec.max_batch_size)
+        self._batched.set_batch_wait_timeout_s(self.spec.batch_wait_timeout_s)
         gpus = len(ray.get_gpu_ids())
         stage = config_class(
             backend=self.spec.backend, options=self.spec.options, device=self.spec.device,
@@ -185,13 +188,16 @@ def _shown_options(options: dict) -> dict:
     return shown
 
 
-@serve.deployment(
-    name=CAPTIONER,
-    max_ongoing_requests=64,
-    health_check_period_s=10,
-    health_check_timeout_s=60,
-    ray_actor_options={"num_cpus": 1},
-)
+# Defaults both deployments share; a Serve config file's deployment entries override them.
+_DEPLOYMENT_DEFAULTS: dict[str, Any] = {
+    "max_ongoing_requests": 64,
+    "health_check_period_s": 10,
+    "health_check_timeout_s": 60,
+    "ray_actor_options": {"num_cpus": 1},
+}
+
+
+@serve.deployment(name=CAPTIONER, **_DEPLOYMENT_DEFAULTS)
 class Captioner(_ModelReplica):
     """Images in, captions out, with any registered captioner backend (``hf``, ``openai-vision``,
     ``synthetic``); ``caption`` takes RGB PIL images, as :class:`dnd.captioning.base.Captioner` does."""
@@ -203,8 +209,6 @@ class Captioner(_ModelReplica):
         from dnd.config import CaptionerConfig
 
         self._setup(CAPTIONERS, CaptionerConfig, CaptionerArgs, spec)
-        self._batched.set_max_batch_size(self.spec.max_batch_size)
-        self._batched.set_batch_wait_timeout_s(self.spec.batch_wait_timeout_s)
 
     async def caption(self, images: list) -> list[str]:
         self.stats["requests"] += 1
@@ -216,13 +220,7 @@ class Captioner(_ModelReplica):
         return await self._batch_or_each(images, self.backend.caption)
 
 
-@serve.deployment(
-    name=GENERATOR,
-    max_ongoing_requests=64,
-    health_check_period_s=10,
-    health_check_timeout_s=60,
-    ray_actor_options={"num_cpus": 1},
-)
+@serve.deployment(name=GENERATOR, **_DEPLOYMENT_DEFAULTS)
 class Generator(_ModelReplica):
     """(prompt, seed) in, image (or the backend's refusal) out, with any registered generator backend
     (``diffusers``, ``synthetic``); results are :class:`dnd.generation.base.Generated`."""
@@ -236,8 +234,6 @@ class Generator(_ModelReplica):
         from dnd.generation.base import GENERATORS
 
         self._setup(GENERATORS, GeneratorConfig, GeneratorArgs, spec)
-        self._batched.set_max_batch_size(self.spec.max_batch_size)
-        self._batched.set_batch_wait_timeout_s(self.spec.batch_wait_timeout_s)
         parameters = inspect.signature(self.backend.generate).parameters
         self.request_options = [
             name for name in _REQUEST_OPTIONS
