@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -101,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dnd",
         description="Describe-and-Dissect at scale: natural-language descriptions of vision-network neurons on Ray.",
     )
+    parser.add_argument(
+        "--ray-logs", action="store_true",
+        help="also show Ray's own log output on the terminal (execution plans, native log lines); "
+             "by default it goes only to Ray's session log files (same as DND_RAY_LOGS=1)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("dissect", help="describe the neurons of a network (Steps 1-3) and write Parquet results")
@@ -159,15 +165,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from dnd.errors import DndError
+    from dnd.ray_output import NativeLogFilter
 
-    try:
-        return int(args.func(args) or 0)
-    except DndError as exc:
-        print(f"dnd: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("dnd: interrupted", file=sys.stderr)
-        return 130
+    if args.ray_logs:
+        os.environ["DND_RAY_LOGS"] = "1"
+    if not sys.stderr.isatty():
+        # Model-loading bars redrawn into a log file are noise; on a terminal they stay.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    with NativeLogFilter():
+        try:
+            return int(args.func(args) or 0)
+        except DndError as exc:
+            print(f"dnd: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("dnd: interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -64,11 +64,15 @@ def init_ray(config: RunConfig) -> None:
         engine_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         path = os.pathsep.join(filter(None, [engine_dir, os.environ.get("PYTHONPATH", "")]))
         kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": path, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}}
-    ray.init(**kwargs)
+    from dnd.ray_output import quiet_ray_data, ray_init_options, stderr_is_terminal
+
+    ray.init(**kwargs, **ray_init_options())
     import ray.data
 
+    quiet_ray_data()
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = sys.stderr.isatty()
+    # Ray Data's bars on a terminal; in a log file they would be thousands of redraws.
+    ctx.enable_progress_bars = stderr_is_terminal()
 
 
 def _versions() -> dict[str, str]:

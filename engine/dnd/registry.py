@@ -19,8 +19,12 @@ class Registry(Generic[T]):
 
     def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
         def decorate(factory: Callable[..., T]) -> Callable[..., T]:
-            if name in self._factories and self._factories[name] is not factory:
-                raise ValueError(f"{self.family} backend {name!r} is registered twice")
+            existing = self._factories.get(name)
+            if existing is not None and existing is not factory and _origin(existing) != _origin(factory):
+                # Two different backends under one name; the same definition re-run (a module
+                # reloaded in a notebook or by a test) replaces its older self instead.
+                raise ValueError(f"{self.family} backend {name!r} is registered twice "
+                                 f"({_origin(existing)} and {_origin(factory)})")
             self._factories[name] = factory
             return factory
 
@@ -39,6 +43,10 @@ class Registry(Generic[T]):
 
     def create(self, name: str, **options: Any) -> T:
         return self.get(name)(**options)
+
+
+def _origin(factory: Callable[..., Any]) -> str:
+    return f"{getattr(factory, '__module__', '?')}.{getattr(factory, '__qualname__', repr(factory))}"
 
 
 def build_stage_backend(registry: Registry[Any], stage: Any) -> Any:

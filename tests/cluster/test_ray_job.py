@@ -138,26 +138,48 @@ def test_stopped_job_resumes_without_repeating_model_calls(ray_head, s3, full_ru
     assert fs.exists(f"{BUCKET}/{prefix}/_SUCCESS")
 
 
-def _alive_actor(ray_head, class_fragment):
+def _job_id(ray_head, submission_id):
+    """Ray's job id of a submission, once its driver has started (None before)."""
+    return ray_head.client().get_job_info(submission_id).job_id
+
+
+def _activation_actors(ray_head, job_id, states=("PENDING_CREATION", "ALIVE", "RESTARTING", "DEAD")):
+    """The activation stage's actors (pass A, pass B and Step 3 all use ProbeActivations) that
+    belong to ``job_id``: actors of earlier jobs on this session-wide head never count."""
     from ray.util.state import list_actors
 
-    for actor in list_actors(address=ray_head.dashboard, filters=[("state", "=", "ALIVE")], limit=1000):
-        if class_fragment in actor.class_name and actor.pid:
-            return actor
-    return None
+    return [actor for actor in list_actors(address=ray_head.dashboard, filters=[("job_id", "=", job_id)],
+                                           limit=10_000, raise_on_missing_output=False)
+            if "ProbeActivations" in actor.class_name and actor.state in states]
+
+
+def _first_activation_worker(ray_head, submission_id, timeout=600):
+    """Poll Ray's state API until the job has an activation actor with a worker process (from its
+    lease on, well before its constructor returns, so the window is seconds wide); or the job ends."""
+    from ray.job_submission import JobStatus
+
+    deadline = time.time() + timeout
+    job_id = None
+    while time.time() < deadline:
+        status = ray_head.client().get_job_status(submission_id)
+        if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+            logs = ray_head.client().get_job_logs(submission_id)
+            raise AssertionError(f"job {submission_id} ended ({status}) before an activation actor "
+                                 f"of it was seen alive:\n{logs[-3000:]}")
+        job_id = job_id or _job_id(ray_head, submission_id)
+        if job_id is not None:
+            for actor in _activation_actors(ray_head, job_id, states=("PENDING_CREATION", "ALIVE")):
+                if actor.pid:
+                    return job_id, actor
+        time.sleep(0.1)
+    raise AssertionError(f"job {submission_id} showed no activation actor with a process in {timeout}s")
 
 
 def test_actor_killed_mid_stage_is_restarted_and_nothing_is_lost(ray_head, s3, full_run):
     prefix = "runs/fault"
     submit(ray_head, s3, prefix, OVERRIDES, "dnd-fault")
-    # Kill the first actor of the activation stage (pass A) as soon as it is serving batches.
-    deadline = time.time() + 300
-    victim = None
-    while victim is None and time.time() < deadline:
-        victim = _alive_actor(ray_head, "ProbeActivations")
-        if victim is None:
-            time.sleep(0.2)
-    assert victim is not None, "the activation stage's actor never came up"
+    # Kill the first activation actor of this job as soon as it has a worker process.
+    job_id, victim = _first_activation_worker(ray_head, "dnd-fault")
     os.kill(victim.pid, signal.SIGKILL)
     status, logs = wait_for(ray_head, "dnd-fault")
     assert status == JobStatus.SUCCEEDED, logs[-4000:]
@@ -165,11 +187,17 @@ def test_actor_killed_mid_stage_is_restarted_and_nothing_is_lost(ray_head, s3, f
     assert_every_neuron_once(frame)
     assert_same_results(frame, full_run["frame"])
     assert manifest["counts"]["images_used"] == full_run["manifest"]["counts"]["images_used"]
-    from ray.util.state import get_actor, list_actors
+    from ray.util.state import get_actor
 
     # The run went on because Ray replaced the killed actor, not because it was no longer needed:
-    # either the actor itself was restarted, or Ray Data's pool started another one for the stage.
-    restarted = get_actor(victim.actor_id, address=ray_head.dashboard).num_restarts >= 1
-    others = [a for a in list_actors(address=ray_head.dashboard, limit=1000)
-              if "ProbeActivations" in a.class_name and a.actor_id != victim.actor_id]
-    assert restarted or others, "the killed activation actor was neither restarted nor replaced"
+    # either the actor itself was restarted, or Ray Data's pool started one more than the same
+    # config's undisturbed job did (fixed-size pools: pass A, pass B and Step 3 each start the same
+    # number of activation actors every run).
+    killed = get_actor(victim.actor_id, address=ray_head.dashboard)
+    assert killed.job_id == job_id
+    started = len(_activation_actors(ray_head, job_id))
+    undisturbed = len(_activation_actors(ray_head, _job_id(ray_head, "dnd-full")))
+    assert undisturbed > 0
+    assert killed.num_restarts >= 1 or started > undisturbed, (
+        f"the killed activation actor was neither restarted nor replaced ({started} actors in this job, "
+        f"{undisturbed} in the undisturbed one)")

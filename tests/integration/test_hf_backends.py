@@ -47,11 +47,35 @@ def probe_images() -> list[Image.Image]:
 # registration
 
 
-def test_builtin_backends_register_once_and_reload_is_harmless():
-    load_builtin_backends()  # second call: no "registered twice" error
+def test_builtin_backends_register_once_and_reload_is_harmless(monkeypatch):
+    import importlib
+
+    import dnd.backends
+    import dnd.captioning.hf
+
+    load_builtin_backends()
+    # Force the loader through its imports again (the flag would make a second call a no-op).
+    monkeypatch.setattr(dnd.backends, "_loaded", False)
+    load_builtin_backends()
+    assert dnd.backends._loaded
     assert "hf" in CAPTIONERS.names() and "openai-vision" in CAPTIONERS.names()
     assert "diffusers" in GENERATORS.names()
     assert "clip" in EMBEDDERS.names()
+
+    # A real reload re-runs the module's registration with a new class object: it replaces the old
+    # one rather than failing as "registered twice".
+    before = CAPTIONERS.get("hf")
+    reloaded = importlib.reload(dnd.captioning.hf)
+    assert CAPTIONERS.get("hf") is reloaded.HFCaptioner is not before
+
+    # A different backend taking a used name is still refused, with both origins named.
+    class Impostor:
+        pass
+
+    with pytest.raises(ValueError, match="registered twice") as caught:
+        CAPTIONERS.register("hf")(Impostor)
+    assert "dnd.captioning.hf.HFCaptioner" in str(caught.value)
+    assert CAPTIONERS.get("hf") is reloaded.HFCaptioner
 
 
 # --------------------------------------------------------------------------------------------

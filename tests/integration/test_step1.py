@@ -129,8 +129,15 @@ def test_rerun_gives_identical_results(local_ray, tmp_path):
 
     first = dissect(config_for(tmp_path / "a"), log=lambda m: None).neurons
     second = dissect(config_for(tmp_path / "b"), log=lambda m: None).neurons
+    # Both runs hold every requested neuron (layer2 0:6, fc 0,3,9), in the same order, each with
+    # its full top-K: zip() below would pass on two empty tables.
+    keys = list(zip(first["layer"], first["neuron"].astype(int)))
+    assert sorted(keys) == sorted([("layer2", n) for n in range(6)] + [("fc", n) for n in (0, 3, 9)])
+    assert list(zip(second["layer"], second["neuron"].astype(int))) == keys
+    assert all(len(tops) == 4 for tops in first["top_images"])
     for a, b in zip(first["top_images"], second["top_images"]):
         assert [t["image_id"] for t in a] == [t["image_id"] for t in b]
+        assert [t["activation"] for t in a] == pytest.approx([t["activation"] for t in b], rel=1e-5, abs=1e-6)
     assert isinstance(Results(str(tmp_path / "a" / "run")).manifest["timings_s"]["total_s"], float)
 
 
