@@ -118,7 +118,10 @@ class RayHead:
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
+# Package scope (tests/cluster is a package): the head and its dashboard, agents and monitors are
+# stopped when this tier's last test ends, instead of idling beside the integration and unit tiers
+# for the rest of the session and taking CPU time from them.
+@pytest.fixture(scope="package")
 def ray_head():
     head = RayHead()
     try:
@@ -128,7 +131,7 @@ def ray_head():
         head.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def s3():
     import boto3
     from moto.server import ThreadedMotoServer

@@ -11,9 +11,10 @@ import pytest
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def local_ray():
-    """One local Ray for the integration tier: 2 CPUs and a small, explicit object store."""
+    """One local Ray for the integration tier: 2 CPUs and a small, explicit object store. Package
+    scope: it is shut down after this tier's last test, not left running through the unit tier."""
     import ray
 
     if not ray.is_initialized():

@@ -111,7 +111,7 @@ def test_no_prompt_text_outside_the_prompts_module():
     assert found == []
 
 
-def test_prompt_scan_finds_a_copied_prompt(tmp_path):
+def test_prompt_scan_finds_a_copied_prompt():
     # The scan above must be able to fail: a module quoting part of prompt 2 is caught.
     copied = "header = 'State one coherent and concise concept label that is 1-5 words long'"
     literals = [n.value for n in ast.walk(ast.parse(copied)) if isinstance(n, ast.Constant)]
