@@ -145,7 +145,7 @@ def _job_id(ray_head, submission_id):
 
 def _activation_actors(ray_head, job_id, states=("PENDING_CREATION", "ALIVE", "RESTARTING", "DEAD")):
     """The activation stage's actors (pass A, pass B and Step 3 all use ProbeActivations) that
-    belong to ``job_id``: actors of earlier jobs on this session-wide head never count."""
+    belong to ``job_id``: actors of earlier jobs on this tier-wide head never count."""
     from ray.util.state import list_actors
 
     return [actor for actor in list_actors(address=ray_head.dashboard, filters=[("job_id", "=", job_id)],
