@@ -197,11 +197,13 @@ def wait_for(head, submission_id, timeout=600, until_log=None):
     deadline = time.time() + timeout
     while time.time() < deadline:
         status = client.get_job_status(submission_id)
-        logs = client.get_job_logs(submission_id)
-        if until_log is not None and until_log in logs:
+        # The whole log is fetched only when a line is awaited or the job has ended: the dashboard
+        # serving it twice a second takes CPU from the job on a two-CPU machine.
+        logs = client.get_job_logs(submission_id) if until_log is not None else None
+        if logs is not None and until_log in logs:
             return status, logs
         if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
-            return status, logs
+            return status, client.get_job_logs(submission_id)
         time.sleep(0.5)
-    raise TimeoutError(f"job {submission_id} still {status} after {timeout}s:\n{logs[-3000:]}")
+    raise TimeoutError(f"job {submission_id} still {status} after {timeout}s:\n{client.get_job_logs(submission_id)[-3000:]}")
 

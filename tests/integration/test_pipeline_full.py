@@ -9,52 +9,23 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dnd.config import load_config
 from dnd.errors import ConfigError
+from tests.integration.conftest import SMOKE_IMAGES_PER_CONCEPT as Q
+from tests.integration.conftest import SMOKE_TOP_K, copy_of_run, smoke_config
 from tests.support.llm_stub import StubLLM
 
-Q = 2
-N = 2
-
-
-def small_config(out, **changes):
-    data = {
-        "target": {"model": "torchvision:resnet18", "weights": "random-tiny", "batch_size": 32},
-        "layers": ["layer2", "fc"],
-        "neurons": {"layer2": "0:4", "fc": [0, 1, 2]},
-        "probe": {"sources": [{"uri": "gen://shapes?n=60&seed=5&size=48"}]},
-        "step1": {"top_k": 3},
-        "captioner": {"backend": "hf", "options": {"model": "random-tiny", "max_new_tokens": 6}},
-        "summarizer": {"backend": "extractive", "candidates": N},
-        "generator": {"backend": "diffusers", "options": {"model": "random-tiny"}, "images_per_concept": Q, "batch_size": 8},
-        "selection": {"embedder": {"backend": "clip", "options": {"model": "random-tiny"}}},
-        "output": {"uri": str(out)},
-    }
-    for key, value in changes.items():
-        node = data
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
-    return load_config(data)
+N = 3  # examples/smoke.yaml's summarizer.candidates
+NEURONS = [("fc", n) for n in range(3)] + [("layer2", n) for n in range(6)]
 
 
 def quiet(_message):
     pass
 
 
-@pytest.fixture(scope="module")
-def first_run(local_ray, tmp_path_factory):
-    from dnd.pipeline import dissect
-
-    out = tmp_path_factory.mktemp("full") / "run"
-    return dissect(small_config(out), log=quiet), out
-
-
-def test_every_neuron_gets_a_scored_label(first_run):
-    results, _ = first_run
+def test_every_neuron_gets_a_scored_label(smoke_run):
+    results, _ = smoke_run
     frame = results.neurons
-    assert len(frame) == 7
+    assert sorted(zip(frame["layer"], frame["neuron"].astype(int))) == NEURONS
     assert set(frame["status"]) == {"ok"}
     for row in frame.itertuples():
         assert isinstance(row.label, str) and row.label
@@ -69,12 +40,12 @@ def test_every_neuron_gets_a_scored_label(first_run):
         assert best["concept"] == row.label
         assert set(best["scores"]) == {"mean", "topk_squared", "image_products", "topk_squared_image_products"}
         assert best["images"] == Q
-        assert len(row.captions) == len(row.top_images) == 3
+        assert len(row.captions) == len(row.top_images) == SMOKE_TOP_K
         assert [c["image_id"] for c in row.captions] == [t["image_id"] for t in row.top_images]
 
 
-def test_work_is_shared_across_neurons(first_run):
-    results, _ = first_run
+def test_work_is_shared_across_neurons(smoke_run):
+    results, _ = smoke_run
     frame = results.neurons
     manifest = results.manifest
     unique_images = {t["image_id"] for tops in frame["top_images"] for t in tops}
@@ -91,12 +62,13 @@ def test_work_is_shared_across_neurons(first_run):
     assert manifest["parsimony"]["new_concepts"] == len(subs - concepts)
 
 
-def test_rerun_recomputes_nothing_and_a_changed_parameter_only_what_it_touches(first_run, local_ray):
+def test_rerun_recomputes_nothing_and_a_changed_parameter_only_what_it_touches(smoke_run, local_ray, tmp_path):
     from dnd.pipeline import dissect
 
-    results, out = first_run
+    results, shared = smoke_run
+    out = copy_of_run(shared, tmp_path / "run")  # the shared run stays as it is for the other tests
     before = results.neurons
-    again = dissect(small_config(out), log=quiet)
+    again = dissect(smoke_config(out), log=quiet)
     manifest = again.manifest
     for stage in ("captions", "concepts", "generation"):
         assert manifest[stage]["cache"]["misses"] == 0, stage
@@ -105,7 +77,7 @@ def test_rerun_recomputes_nothing_and_a_changed_parameter_only_what_it_touches(f
     assert list(again.neurons["label"]) == list(before["label"])
 
     # Another config at the same URI replaces the run only when asked to; the caches stay.
-    changed = dissect(small_config(out, **{"generator.images_per_concept": Q + 1}), log=quiet, overwrite=True).manifest
+    changed = dissect(smoke_config(out, **{"generator.images_per_concept": Q + 1}), log=quiet, overwrite=True).manifest
     concepts = changed["generation"]["unique_concepts"]
     # Seeds are per image index: the first Q images of each concept are reused, one new each.
     assert changed["generation"]["cache"] == {"hits": concepts * Q, "misses": concepts}
@@ -115,10 +87,9 @@ def test_rerun_recomputes_nothing_and_a_changed_parameter_only_what_it_touches(f
 def test_step3_switched_off_uses_the_first_summary(local_ray, tmp_path):
     from dnd.pipeline import dissect
 
-    frame = dissect(small_config(tmp_path / "run", **{"selection.enabled": False}), log=quiet).neurons
-    # Every requested neuron has a row (layer2 0:4 and fc 0,1,2): the loop below must not pass on none.
-    assert sorted(zip(frame["layer"], frame["neuron"].astype(int))) == (
-        [("fc", n) for n in (0, 1, 2)] + [("layer2", n) for n in range(4)])
+    frame = dissect(smoke_config(tmp_path / "run", **{"selection.enabled": False}), log=quiet).neurons
+    # Every requested neuron has a row: the loop below must not pass on none.
+    assert sorted(zip(frame["layer"], frame["neuron"].astype(int))) == NEURONS
     assert (frame["status"] == "ok").all(), frame[["layer", "neuron", "error"]]
     for row in frame.itertuples():
         assert row.label == row.candidates[0]["concept"]
@@ -129,9 +100,10 @@ def test_llm_through_the_openai_client(local_ray, tmp_path):
     from dnd.pipeline import dissect
 
     with StubLLM() as llm:
-        config = small_config(
+        # Step 3 off: this test is about Step 2B's requests, and Step 3 is checked on the shared run.
+        config = smoke_config(
             tmp_path / "run",
-            **{"summarizer.backend": "openai",
+            **{"summarizer.backend": "openai", "selection.enabled": False,
                "summarizer.options": {"base_url": llm.url, "model": "stub", "api_key_env": "none"}},
         )
         results = dissect(config, log=quiet)
@@ -149,7 +121,7 @@ def test_missing_api_key_fails_before_any_model_work(tmp_path, monkeypatch):
     from dnd.pipeline import dissect
 
     monkeypatch.delenv("DND_TEST_MISSING_KEY", raising=False)
-    config = small_config(tmp_path / "run", **{"summarizer.backend": "openai",
+    config = smoke_config(tmp_path / "run", **{"summarizer.backend": "openai",
                                                "summarizer.options": {"api_key_env": "DND_TEST_MISSING_KEY"}})
     with pytest.raises(ConfigError, match="DND_TEST_MISSING_KEY"):
         dissect(config, log=quiet)
@@ -157,7 +129,7 @@ def test_missing_api_key_fails_before_any_model_work(tmp_path, monkeypatch):
 
 
 def test_cli_exit_code_is_non_zero_when_the_llm_is_down(tmp_path):
-    config = small_config(
+    config = smoke_config(
         tmp_path / "run",
         **{"summarizer.backend": "openai", "summarizer.candidates": 1,
            "summarizer.options": {"base_url": "http://127.0.0.1:9/v1", "api_key_env": "none", "max_retries": 0,

@@ -12,34 +12,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dnd.config import load_config
 from tests.support.chromium import Chromium, find_chromium
 
 COLOURS = {"red": (220, 30, 30), "blue": (30, 40, 220), "green": (30, 200, 40)}
 OUTPUT_NAMES = ["red", "blue", "green"] + [f"class {i}" for i in range(3, 10)]
 
 
-def smoke_config(out):
-    return load_config({
-        "target": {"model": "torchvision:resnet18", "weights": "random-tiny", "batch_size": 32},
-        "layers": ["layer2", "fc"],
-        "neurons": {"layer2": "0:6", "fc": [0, 1, 2]},
-        "probe": {"sources": [{"uri": "gen://shapes?n=40&seed=3&size=48"}]},
-        "step1": {"top_k": 3},
-        "captioner": {"backend": "hf", "options": {"model": "random-tiny", "max_new_tokens": 6}},
-        "summarizer": {"backend": "extractive", "candidates": 3},
-        "generator": {"backend": "diffusers", "options": {"model": "random-tiny"}, "images_per_concept": 2, "batch_size": 8},
-        "selection": {"embedder": {"backend": "clip", "options": {"model": "random-tiny"}}},
-        "output": {"uri": str(out)},
-    })
-
-
 @pytest.fixture(scope="module")
-def run(local_ray, tmp_path_factory):
-    from dnd.pipeline import dissect
-
-    out = tmp_path_factory.mktemp("smoke") / "run"
-    results = dissect(smoke_config(out), log=lambda message: None)
+def run(smoke_run):
+    results, _ = smoke_run
     assert set(results.neurons["status"]) == {"ok"}
     return results
 
@@ -194,7 +175,10 @@ def test_clusters_are_groups_of_mutually_similar_neurons(run, tmp_path):
     for group in result["groups"]:
         for n in group["neurons"]:
             for m in group["neurons"]:
-                assert similarity[(n, m)] >= phi - 1e-6
+                # Distinct pairs only: S(n, n) is a mean over pairs of n's different concepts, and
+                # may be below phi (the paper's groups are of neurons similar to one another).
+                if n != m:
+                    assert similarity[(n, m)] >= phi - 1e-6
     assert result["sizes"] == sorted(result["sizes"], reverse=True) and max(result["sizes"]) > 1
     assert result["singletons"] == sorted(g["neurons"][0] for g in result["groups"] if len(g["neurons"]) == 1)
     with Image.open(plot) as chart:

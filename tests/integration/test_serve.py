@@ -23,6 +23,8 @@ import pytest
 import yaml
 from PIL import Image
 
+from tests.integration.conftest import smoke_config
+
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "tiny-test-token-3f9a"
 TOKEN_ENV = "DND_TEST_SERVE_TOKEN"
@@ -409,44 +411,30 @@ def test_engine_backends_by_handle_and_by_http_match_the_pipeline_backends(serve
         ServeGenerator(url=f"http://127.0.0.1:{free_port()}")
 
 
-def reduced_smoke(out, **sections):
-    from dnd.config import load_config
-
-    data = yaml.safe_load((REPO / "examples" / "smoke.yaml").read_text())
-    data.pop("ray")
-    data["probe"]["sources"] = [{"uri": "gen://shapes?n=48&seed=0&size=64"}]
-    data["neurons"] = {"layer2": "0:3", "fc": "0:3"}
-    data["step1"]["top_k"] = 3
-    data["generator"]["images_per_concept"] = 2
-    data["output"]["uri"] = str(out)
-    for name, changes in sections.items():
-        data[name].update(changes)
-    return load_config(data)
-
-
 def test_a_dissection_with_an_unreachable_api_fails_before_step1(local_ray, tmp_path):
     from dnd.errors import ConfigError
     from dnd.pipeline import dissect
 
     url = f"http://127.0.0.1:{free_port()}"
-    config = reduced_smoke(tmp_path / "run", captioner={"backend": "serve", "options": {"url": url}})
+    config = smoke_config(tmp_path / "run", captioner={"backend": "serve", "options": {"url": url}})
     logged = []
     with pytest.raises(ConfigError, match="cannot use the dnd Serve API"):
         dissect(config, log=logged.append)
     assert not any("step 1" in line for line in logged)
     with pytest.raises(ConfigError, match="unknown: model"):
-        dissect(reduced_smoke(tmp_path / "run2", generator={"backend": "serve", "options": {"model": "x"}}),
+        dissect(smoke_config(tmp_path / "run2", generator={"backend": "serve", "options": {"model": "x"}}),
                 log=logged.append)
 
 
 @pytest.mark.slow
-def test_smoke_dissection_through_serve_matches_the_in_pipeline_run(server, tmp_path):
+def test_smoke_dissection_through_serve_matches_the_in_pipeline_run(server, smoke_run, tmp_path):
     from dnd.pipeline import dissect
 
-    local = dissect(reduced_smoke(tmp_path / "local"), log=lambda message: None)
+    # The in-pipeline reference is the tier's shared smoke run: the same config but for the backends.
+    local, local_out = smoke_run
     before = {family: server.stats(family) for family in ("captioner", "generator")}
     served = dissect(
-        reduced_smoke(tmp_path / "served",
+        smoke_config(tmp_path / "served",
                       captioner={"backend": "serve", "options": {"app": "dnd"}, "num_cpus": 0.1},
                       generator={"backend": "serve", "options": {"app": "dnd"}, "num_cpus": 0.1}),
         log=lambda message: None,
@@ -468,7 +456,7 @@ def test_smoke_dissection_through_serve_matches_the_in_pipeline_run(server, tmp_
     columns = ["layer", "neuron", "status", "label", "labels", "candidates", "top_images", "captions"]
     mine = _plain(local.neurons.sort_values(["layer", "neuron"])[columns].to_dict("records"))
     theirs = _plain(served.neurons.sort_values(["layer", "neuron"])[columns].to_dict("records"))
-    assert len(mine) == 6 and all(row["status"] == "ok" for row in mine)
+    assert len(mine) == 9 and all(row["status"] == "ok" for row in mine)
     assert _without_products(theirs) == _without_products(mine)
     for row_mine, row_theirs in zip(mine, theirs):
         for a, b in zip(row_mine["candidates"], row_theirs["candidates"]):
@@ -479,7 +467,7 @@ def test_smoke_dissection_through_serve_matches_the_in_pipeline_run(server, tmp_
                     assert b["scores"][name] == pytest.approx(a["scores"][name], rel=1e-4, abs=1e-6)
             # Pixels within 1 grey level of each other move a tiny network's activations by ~1e-5.
             assert b["mean_activation"] == pytest.approx(a["mean_activation"], rel=1e-3, abs=1e-4), a["concept"]
-    pixels_mine, pixels_theirs = _generated_pixels(tmp_path / "local"), _generated_pixels(tmp_path / "served")
+    pixels_mine, pixels_theirs = _generated_pixels(local_out), _generated_pixels(tmp_path / "served")
     assert set(pixels_theirs) == set(pixels_mine) and len(pixels_mine) == generated
     for request, image in pixels_mine.items():
         assert np.abs(image - pixels_theirs[request]).max() <= 1, request
