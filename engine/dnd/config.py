@@ -112,7 +112,7 @@ class Step1Config(_Section):
     crops: bool = Field(True, description="Add attention crops D_cropped to the probing set (ablation: false).")
     crops_per_image: int = Field(4, ge=0, description="alpha: largest salient regions cropped per top image.")
     crop_iou: float = Field(0.5, ge=0, le=1, description="eta: a crop's IoU with every crop already kept must be below this.")
-    whole_image_iou_cap: float = Field(0.8, ge=0, le=1, description="A crop's IoU with the whole image must be below this.")
+    whole_image_iou_cap: float = Field(0.8, ge=0, le=1, description="A crop's IoU with the whole map (the part of the image the network saw) must be below this.")
     min_crop_pixels: int = Field(8, ge=1, description="Boxes narrower or shorter than this (original pixels) are not cropped.")
     linear_crops: Literal["none", "gradcam"] = Field(
         "none", description="Crops for neurons without maps (fc): none as in the paper, or gradcam to crop their Grad-CAM maps."

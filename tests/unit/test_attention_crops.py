@@ -83,6 +83,44 @@ def test_select_crops_filters_overlaps_whole_image_and_count():
     assert select_crops([(0, 0, 10, 10), (0, 0, 10, 5)], (100, 100), 4, 0.5, 0.8) == [(0, 0, 10, 10)]
 
 
+def test_whole_map_cap_is_measured_against_the_region_the_network_saw():
+    # Square 500x500 image, resize 256 / centre crop 224: the network saw x, y in [31.25, 468.75),
+    # whose pixel box is (31, 31, 469, 469): 438 x 438.
+    region = (31, 31, 469, 469)
+    assert iou(region, (0, 0, 500, 500)) == pytest.approx(438 * 438 / 250000)  # 0.767: under the cap
+    assert select_crops([region], (500, 500), 4, 0.5, 0.8) == [region]  # against the image: kept
+    assert select_crops([region], (500, 500), 4, 0.5, 0.8, region=region) == []  # against the map: the map
+    # Wide 640x480: the view is the centre 420 x 420 at (109, 30).
+    wide = (109, 30, 529, 450)
+    nearly = (130, 50, 510, 430)  # 380 x 380 inside it: IoU 144400 / 176400 = 0.819
+    smaller = (150, 70, 490, 410)  # 340 x 340: IoU 115600 / 176400 = 0.655
+    assert iou(nearly, wide) == pytest.approx(144400 / 176400)
+    assert iou(wide, (0, 0, 640, 480)) == pytest.approx(176400 / 307200)  # 0.574
+    assert select_crops([wide, nearly, smaller], (640, 480), 4, 0.5, 0.8, region=wide) == [smaller]
+    # Tall 480x640: the view is the centre 420 x 420 at (30, 109).
+    tall = (30, 109, 450, 529)
+    inside = (40, 119, 440, 519)  # 400 x 400: IoU 160000 / 176400 = 0.907 with the view, 0.521 with the image
+    assert iou(inside, tall) == pytest.approx(160000 / 176400)
+    assert select_crops([inside], (480, 640), 4, 0.5, 0.8) == [inside]
+    assert select_crops([inside], (480, 640), 4, 0.5, 0.8, region=tall) == []
+
+
+def test_map_high_everywhere_but_a_corner_gives_no_crop():
+    # The reproduction: a 7x7 map high everywhere but one corner, on a 500x500 image seen through
+    # resize-256/crop-224. Its salient box is the whole view, (31, 31, 469, 469): IoU 0.767 with the
+    # image, 1 with the view. It adds nothing to D_probe and is not a crop.
+    grid = np.ones((7, 7), dtype=np.float32)
+    grid[0, 0] = 0.0
+    seen = (31.25, 31.25, 468.75, 468.75)
+    assert attention_boxes(grid, (500, 500), region=seen, max_crops=4) == []
+    assert attention_boxes(grid, (500, 500), max_crops=4) == []  # the map over the whole image: the same
+    # The same map with its high part in one half is a crop of that half.
+    half = np.zeros((7, 7), dtype=np.float32)
+    half[:, 4:] = 1.0
+    boxes = attention_boxes(half, (500, 500), region=seen, max_crops=4)
+    assert len(boxes) == 1 and boxes[0][0] > 250 and boxes[0][2] == 469
+
+
 def test_constant_map_gives_no_crop():
     assert attention_boxes(np.ones((7, 7)), (224, 224)) == []
     assert attention_boxes(np.full((7, 7), np.nan), (224, 224)) == []

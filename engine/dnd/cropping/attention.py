@@ -4,8 +4,11 @@
    global threshold (OpenCV) into salient foreground and background.
 2. External contours of the foreground give bounding boxes.
 3. Boxes are taken largest first, up to alpha of them, keeping a box only when its IoU with every
-   box already kept is below eta and its IoU with the whole image is below a cap (a crop that is
-   nearly the whole image adds nothing to D_probe).
+   box already kept is below eta and its IoU with the whole map is below a cap (a crop that is
+   nearly all the network saw adds nothing to D_probe). "The whole map" is the part of the image
+   the map covers: after a resize and centre crop the network sees less than the whole image, and
+   a box over all of that region has an IoU below 0.8 with the image itself (0.766 for a square
+   image under resize-256/crop-224), so a cap against the image could never fire.
 
 Boxes are ``(x0, y0, x1, y1)`` in pixels, x1/y1 exclusive.
 """
@@ -70,10 +73,13 @@ def select_crops(
     iou_threshold: float,
     whole_image_cap: float,
     min_side: int = 1,
+    region: Box | None = None,
 ) -> list[Box]:
-    """Keep up to ``max_crops`` boxes, largest first, that overlap neither each other nor the whole image much."""
+    """Keep up to ``max_crops`` boxes, largest first, that overlap neither each other nor the whole
+    map much. ``region``: the pixels of the image the map covers (the network's view); None is the
+    whole image."""
     width, height = image_size
-    whole = (0, 0, width, height)
+    whole = region if region is not None else (0, 0, width, height)
     kept: list[Box] = []
     for box in boxes:
         if len(kept) >= max_crops:
@@ -119,6 +125,7 @@ def attention_boxes(
     threshold = otsu_threshold(gray)
     mask = gray > threshold
     ox, oy = int(round(x0)), int(round(y0))
+    seen = (max(0, ox), max(0, oy), min(width, ox + region_w), min(height, oy + region_h))
     boxes = []
     for bx0, by0, bx1, by1 in salient_boxes(mask):
         box = (
@@ -126,7 +133,7 @@ def attention_boxes(
         )
         if box[2] > box[0] and box[3] > box[1]:
             boxes.append(box)
-    return select_crops(boxes, image_size, max_crops, iou_threshold, whole_image_cap, min_side)
+    return select_crops(boxes, image_size, max_crops, iou_threshold, whole_image_cap, min_side, region=seen)
 
 
 def crop_id(parent_id: str, box: Box) -> str:
