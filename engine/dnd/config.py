@@ -114,6 +114,10 @@ class Step1Config(_Section):
     crop_iou: float = Field(0.5, ge=0, le=1, description="eta: a crop's IoU with every crop already kept must be below this.")
     whole_image_iou_cap: float = Field(0.8, ge=0, le=1, description="A crop's IoU with the whole map (the part of the image the network saw) must be below this.")
     min_crop_pixels: int = Field(8, ge=1, description="Boxes narrower or shorter than this (original pixels) are not cropped.")
+    crop_scope: Literal["layer", "neuron"] = Field(
+        "layer", description="Whose crops enter a neuron's top-K: layer (every crop cut from the layer's maps) or neuron "
+        "(only crops cut from the neuron's own maps, as the authors' code does)."
+    )
     linear_crops: Literal["none", "gradcam"] = Field(
         "none", description="Crops for neurons without maps (fc): none as in the paper, or gradcam to crop their Grad-CAM maps."
     )

@@ -176,3 +176,32 @@ def test_linear_neurons_get_gradcam_crops_for_half_their_top_k(local_ray, tmp_pa
         assert {t["image_id"] for t in local} == set(best_crops)
         for t in local:
             assert t["activation"] == pytest.approx(scored[t["image_id"]], rel=1e-4, abs=1e-5)
+
+
+def test_crop_scope_neuron_ranks_each_neuron_among_its_own_crops(local_ray, tmp_path, probe_images):
+    from dnd.pipeline import dissect
+
+    results = dissect(config_for(tmp_path, crop_scope="neuron"), log=lambda m: None)
+    frame = results.neurons
+    images = results.images()
+    crops = images[images["kind"] == "crop"]
+    made_for = {row.image_id: json.loads(row.made_for) for row in crops.itertuples()}
+    reference = reference_activations(probe_images)
+    target = build_target("torchvision:resnet18", "random-tiny")
+    pre = Preprocessor(target)
+    recorder = LayerRecorder(target, LAYERS)
+    crop_values = {}
+    for crop in crops.itertuples():
+        x0, y0, x1, y1 = (int(v) for v in crop.box)
+        view, _ = pre.view(probe_images[crop.parent_id].crop((x0, y0, x1, y1)))
+        outputs = recorder(pre.tensor(view).unsqueeze(0))
+        crop_values[crop.image_id] = summarize(neuron_maps(outputs["layer2"], "layer2"), "mean")[0].numpy()
+    layer2 = frame[frame["layer"] == "layer2"]
+    assert len(layer2) == 6 and any(t["is_crop"] for tops in layer2["top_images"] for t in tops)
+    for row in layer2.itertuples():
+        # Independently: D_probe, plus the crops cut from this neuron's own map, ranked by this neuron.
+        own = [i for i, makers in made_for.items() if [LAYERS.index("layer2"), row.neuron] in makers]
+        values = {i: float(reference[i]["layer2"][row.neuron]) for i in reference}
+        values.update({i: float(crop_values[i][row.neuron]) for i in own})
+        expected = sorted(values, key=lambda i: (-values[i], int(i, 16)))[:4]
+        assert [t["image_id"] for t in row.top_images] == expected, row.neuron

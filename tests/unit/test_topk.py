@@ -61,3 +61,25 @@ def test_an_image_seen_twice_takes_one_slot():
 def test_shape_mismatch_is_explained():
     with pytest.raises(ValueError, match="does not match 3 neurons"):
         StreamingTopK(3, 2).update(np.zeros((2, 4)), keys(1, 2))
+
+
+def test_crop_scope_neuron_keeps_only_a_neurons_own_crops():
+    from dnd.activations.topk import own_crops_only
+
+    # Layer 1's neurons 5 and 9 sit in columns 0 and 1. Crop 100 was cut from neuron 5's map, crop 101
+    # from neuron 9's, crop 102 from both, crop 103 from layer 0's neuron 5 only (another layer).
+    acts = np.array([[3.0, 8.0], [7.0, 2.0], [1.0, 1.5], [9.0, 9.0]], dtype=np.float32)
+    made_for = [[[1, 5]], [[1, 9]], [[1, 5], [1, 9]], [[0, 5]]]
+    own = own_crops_only(acts, made_for, 1, {5: 0, 9: 1})
+    assert own.tolist() == [[3.0, -np.inf], [-np.inf, 2.0], [1.0, 1.5], [-np.inf, -np.inf]]
+
+    # Through the top-K: neuron 5 ranks its own crops 100 (3.0) then 102 (1.0), although crops 101
+    # and 103 activate it more; neuron 9 ranks 101 (2.0) then 102 (1.5). No slot is counted as NaN.
+    state = StreamingTopK(2, 3)
+    state.update(own, keys(100, 101, 102, 103))
+    assert state.keys[0].tolist() == [100, 102, EMPTY_KEY]
+    assert state.keys[1].tolist() == [101, 102, EMPTY_KEY]
+    assert state.nan_counts.tolist() == [0, 0]
+    layer = StreamingTopK(2, 3)  # crop_scope "layer": every crop of layer 1 competes for all its neurons
+    layer.update(acts[:3], keys(100, 101, 102))
+    assert layer.keys[0].tolist() == [101, 100, 102]

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from dnd.activations.topk import StreamingTopK, holistic_and_local
+from dnd.activations.topk import StreamingTopK, holistic_and_local, own_crops_only
 from dnd.records import images_schema
 
 MAX_NAMED_SKIPS = 50
@@ -254,11 +254,17 @@ def run_step1(config: Any, layers: list[LayerPlan], read_tasks: list[Any], layou
                 # layer at a time, so its D_cropped never holds another layer's crops. Letting every crop
                 # compete everywhere put zoomed-in crops made for conv neurons at the top of linear
                 # layers (which make no crops), ahead of the whole images that show their concept.
+                # With crop_scope "neuron" a neuron's D_cropped narrows further, to the crops of its own
+                # maps (the authors' published procedure); "layer" lets a layer's crops compete for all
+                # of its neurons.
                 made = [json.loads(str(batch["made_for"][row])) for row in index]
                 for i, state in enumerate(final):
                     mine = np.array([any(layer_index == i for layer_index, _ in m) for m in made], dtype=bool)
                     if mine.any():
-                        local_only.get(i, state).update(batch[f"act_{i}"][index[mine]], keys[mine])
+                        values = batch[f"act_{i}"][index[mine]]
+                        if config.step1.crop_scope == "neuron":
+                            values = own_crops_only(values, [m for m, keep in zip(made, mine) if keep], i, positions[i])
+                        local_only.get(i, state).update(values, keys[mine])
                 # Each crop's activation for the neurons whose maps made it, for the report.
                 for row in index:
                     for layer_index, neuron in json.loads(str(batch["made_for"][row])):

@@ -68,6 +68,21 @@ class StreamingTopK:
         return clone
 
 
+def own_crops_only(activations: np.ndarray, made_for: list[list[list[int]]], layer_index: int,
+                   positions: dict[int, int]) -> np.ndarray:
+    """Crop activations (crops, neurons of one layer) with -inf wherever a crop was not cut from that
+    neuron's own map, so a neuron's D_cropped holds only its own crops (``step1.crop_scope: neuron``).
+    ``made_for[c]`` lists the ``[layer index, neuron]`` whose maps made crop ``c``; ``positions`` maps a
+    neuron of this layer to its column. -inf, unlike NaN, is not counted as an unreadable image."""
+    values = np.asarray(activations, dtype=np.float32)
+    own = np.zeros(values.shape, dtype=bool)
+    for row, makers in enumerate(made_for):
+        for layer, neuron in makers:
+            if layer == layer_index and neuron in positions:
+                own[row, positions[neuron]] = True
+    return np.where(own, values, np.float32(-np.inf))
+
+
 def holistic_and_local(whole: StreamingTopK, crops: StreamingTopK) -> StreamingTopK:
     """Top-K of a neuron without maps whose crops come from Grad-CAM: the best ``crops.k`` crops and
     the best whole images for the other slots (more whole images where there are fewer crops).
