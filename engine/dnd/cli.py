@@ -66,21 +66,33 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.print_config:
         import yaml
 
-        print(yaml.safe_dump(demo_config(args.out), sort_keys=False))
+        print(yaml.safe_dump(demo_config(args.out, method=args.method), sort_keys=False))
         return 0
-    results, summary = run_demo(args.out, probe_images=args.images, overwrite=args.overwrite)
+    other = "paper" if args.method == "dnd" else "dnd"
+    results, summary = run_demo(args.out, probe_images=args.images, overwrite=args.overwrite, method=args.method)
+    # The other method on the same world, beside it: how much dnd's additions change the recovery.
+    beside_out = f"{args.out.rstrip('/')}-{other}"
+    beside, theirs = run_demo(beside_out, probe_images=args.images, overwrite=args.overwrite, method=other)
     status = results.manifest["counts"]["status"]
+    print(f"method: {args.method}; beside it, method {other} at {beside.uri}")
     print(f"results: {results.uri}   (dnd show {results.uri})")
     print(f"neurons: {sum(status.values())}  status: {status}  time: {results.manifest['timings_s']['total_s']:.0f}s")
+
+    def also(value: float | None) -> str:
+        return f"   ({other}: {value:.0%})" if value is not None else ""
+
     for layer, accuracy in summary["accuracy"].items():
-        print(f"recovered {layer}: {accuracy:.0%} of {summary['neurons'][layer]} neurons named their planted concept")
+        print(f"recovered {layer}: {accuracy:.0%} of {summary['neurons'][layer]} neurons named their planted concept"
+              f"{also(theirs['accuracy'].get(layer))}")
     for kind, accuracy in summary["accuracy_by_kind"].items():
-        print(f"  {kind:<14} {accuracy:.0%}")
+        print(f"  {kind:<14} {accuracy:.0%}{also(theirs['accuracy_by_kind'].get(kind))}")
     if summary["polysemantic_both_named"] is not None:
-        print(f"  polysemantic neurons with both concepts among their labels: {summary['polysemantic_both_named']:.0%}")
+        print(f"  polysemantic neurons with both concepts among their labels: {summary['polysemantic_both_named']:.0%}"
+              f"{also(theirs['polysemantic_both_named'])}")
     for miss in summary["misses"][:10]:
         print(f"  missed {miss['layer']}/{miss['neuron']}: truth {miss['truth']}, label {miss['label']!r}")
-    return 0 if all(n == 0 for s, n in status.items() if s != "ok") else 3
+    failed = [s for run in (results, beside) for s, n in run.manifest["counts"]["status"].items() if s != "ok" and n]
+    return 3 if failed else 0
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -126,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the whole engine offline on the built-in planted-concept world and score it")
     p.add_argument("--out", default="dnd-demo", metavar="URI", help="output location (default ./dnd-demo)")
     p.add_argument("--images", type=int, default=600, help="probe images (default 600)")
+    p.add_argument("--method", choices=["dnd", "paper"], default="dnd",
+                   help="method of the demo's run (default dnd); the other method runs beside it, at URI-<other>")
     p.add_argument("--print-config", action="store_true", help="print the demo's run configuration and exit")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a run of another configuration (e.g. other --images) at --out; caches are kept")

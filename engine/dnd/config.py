@@ -113,13 +113,15 @@ class Step1Config(_Section):
     crops_per_image: int = Field(4, ge=0, description="alpha: largest salient regions cropped per top image.")
     crop_iou: float = Field(0.5, ge=0, le=1, description="eta: a crop's IoU with every crop already kept must be below this.")
     whole_image_iou_cap: float = Field(0.8, ge=0, le=1, description="A crop's IoU with the whole map (the part of the image the network saw) must be below this.")
-    min_crop_pixels: int = Field(8, ge=1, description="Boxes narrower or shorter than this (original pixels) are not cropped.")
+    min_crop_pixels: int = Field(
+        1, ge=1, description="Boxes narrower or shorter than this (original pixels) are not cropped (method dnd: 8)."
+    )
     crop_scope: Literal["layer", "neuron"] = Field(
-        "layer", description="Whose crops enter a neuron's top-K: layer (every crop cut from the layer's maps) or neuron "
-        "(only crops cut from the neuron's own maps, as the authors' code does)."
+        "neuron", description="Whose crops enter a neuron's top-K: neuron (only crops cut from the neuron's own maps, as the "
+        "authors' code does) or layer (every crop cut from the layer's maps; method dnd)."
     )
     linear_crops: Literal["none", "gradcam"] = Field(
-        "none", description="Crops for neurons without maps (fc): none as in the paper, or gradcam to crop their Grad-CAM maps."
+        "none", description="Crops for neurons without maps (fc): none as in the paper, or gradcam to crop their Grad-CAM maps (method dnd)."
     )
     gradcam_layer: str | None = Field(
         None, description="Spatial layer the Grad-CAM maps of linear neurons are taken on (null: the last one before the layer)."
@@ -136,6 +138,10 @@ class BackendStage(ActorPool):
 class CaptionerConfig(BackendStage):
     backend: str = Field("hf", description="Captioner backend: hf (any image-to-text model), openai-vision, synthetic, serve.")
     batch_size: int = Field(16, ge=1, description="Images per captioning call.")
+    cleanup: bool = Field(
+        False, description="Remove captioning artefacts (BLIP's 'arafed', 'there is a picture of', repeated phrases) before "
+        "Step 2B (method dnd); false passes captions on as the model wrote them, as the paper does."
+    )
 
 
 class SummarizerConfig(_Section):
@@ -170,15 +176,16 @@ class SelectionConfig(_Section):
         0.81, ge=0, le=1, description="A.7: a lower-scored candidate whose CLIP text similarity to a kept label exceeds this is dropped."
     )
     parsimony_share: float | None = Field(
-        0.5, gt=0, le=1,
+        None, gt=0, le=1,
         description="The label gives way to a shorter phrase inside it (red circle -> red; the label's sub-phrases are generated too) "
         "when that phrase's images keep at least this share of the label's activation above the neuron's floor (median over same-seed pairs); "
-        "null keeps the scoring function's choice as the paper does.",
+        "null keeps the scoring function's choice as the paper does (method dnd: 0.5).",
     )
     multilabel_share: float | None = Field(
-        0.5, gt=0, le=1,
+        None, gt=0, le=1,
         description="A.7 labels after the first need at least this share of the label's mean activation above the neuron's floor, "
-        "and must not restate a kept label with words added or removed; null keeps every dissimilar candidate.",
+        "and must not restate a kept label with words added or removed; null keeps every dissimilar candidate as the paper does "
+        "(method dnd: 0.5).",
     )
     embedder: EmbedderConfig | None = Field(
         default_factory=EmbedderConfig, description="CLIP embedder; null disables image products and multi-label de-duplication."
@@ -201,9 +208,42 @@ class RayConfig(_Section):
 NeuronSpec = Union[Literal["all"], int, str, list[Union[int, str]]]
 
 
+Method = Literal["paper", "dnd"]
+
+#: What a method sets where the config does not. The fields' own defaults are the paper's (section 3
+#: and A.1 as written; where the paper is silent, the authors' published procedure: crops per neuron,
+#: no minimum crop size). ``dnd`` is the paper plus dnd's measured additions, each still switchable.
+METHOD_DEFAULTS: dict[str, dict[tuple[str, str], Any]] = {
+    "paper": {
+        ("step1", "linear_crops"): "none",
+        ("step1", "min_crop_pixels"): 1,
+        ("step1", "crop_scope"): "neuron",
+        ("captioner", "cleanup"): False,
+        ("selection", "parsimony_share"): None,
+        ("selection", "multilabel_share"): None,
+    },
+    "dnd": {
+        ("step1", "linear_crops"): "gradcam",
+        ("step1", "min_crop_pixels"): 8,
+        ("step1", "crop_scope"): "layer",
+        ("captioner", "cleanup"): True,
+        ("selection", "parsimony_share"): 0.5,
+        ("selection", "multilabel_share"): 0.5,
+    },
+}
+
+#: Sections that say what is dissected and where results go, not how: never "options that differ".
+_NOT_OPTIONS = ("method", "target", "layers", "neurons", "probe", "output", "ray")
+
+
 class RunConfig(_Section):
     """One Describe-and-Dissect run."""
 
+    method: Method = Field(
+        "paper", description="paper: the paper exactly (section 3, A.1); dnd: the paper plus dnd's additions (Grad-CAM crops "
+        "for linear neurons, crops shared across a layer, an 8-pixel minimum crop side, caption clean-up, parsimony, activation "
+        "evidence for multiple labels), each still switchable on its own."
+    )
     target: TargetConfig = Field(..., description="The network to dissect.")
     layers: list[str] = Field(..., min_length=1, description="Module names whose neurons are described (layer4, fc ...).")
     neurons: Union[NeuronSpec, dict[str, NeuronSpec]] = Field(
@@ -220,6 +260,31 @@ class RunConfig(_Section):
     seed: int = Field(0, description="Seed for summary shuffles and image generation.")
     output: OutputConfig = Field(default_factory=OutputConfig, description="Results location.")
     ray: RayConfig = Field(default_factory=RayConfig, description="Ray cluster connection.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_defaults(cls, data: Any) -> Any:
+        """Fill each option the config leaves unset with its method's value (METHOD_DEFAULTS)."""
+        if not isinstance(data, dict) or data.get("method", "paper") not in METHOD_DEFAULTS:
+            return data  # not a mapping, or an unknown method: the field validation names the problem
+        data = dict(data)
+        for (section, key), value in METHOD_DEFAULTS[data.get("method", "paper")].items():
+            given = data.get(section, {})
+            if isinstance(given, BaseModel):
+                given = given.model_dump(exclude_unset=True)
+            if isinstance(given, dict) and key not in given:
+                data[section] = {**given, key: value}
+        return data
+
+    def differs_from_method(self) -> dict[str, Any]:
+        """Every option (dotted name -> value) that differs from what this config's method sets by
+        default, so a reader of a run can tell a paper run from a tuned one. What is dissected and
+        where results go (target, layers, neurons, probe, output, ray) are not options."""
+        baseline = RunConfig.model_validate({
+            "method": self.method, "target": self.target.model_dump(), "layers": self.layers,
+            "probe": self.probe.model_dump(),
+        }).model_dump(mode="json", exclude=set(_NOT_OPTIONS))
+        return _flat_differences(self.model_dump(mode="json", exclude=set(_NOT_OPTIONS)), baseline)
 
     @field_validator("layers")
     @classmethod
@@ -243,6 +308,16 @@ class RunConfig(_Section):
         if isinstance(self.neurons, dict):
             return self.neurons.get(layer, "all")
         return self.neurons
+
+
+def _flat_differences(mine: Any, base: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted names whose values differ between two dumped configs (a section only on one side is one entry)."""
+    if isinstance(mine, dict) and isinstance(base, dict):
+        out: dict[str, Any] = {}
+        for key in mine.keys() | base.keys():
+            out.update(_flat_differences(mine.get(key), base.get(key), f"{prefix}{key}."))
+        return out
+    return {} if mine == base else {prefix[:-1]: mine}
 
 
 _RANGE = re.compile(r"^\s*(\d*)\s*:\s*(\d*)\s*$")
@@ -380,6 +455,11 @@ def load_config(source: Any, overrides: list[str] | None = None) -> RunConfig:
     else:
         raise ConfigError(f"cannot read a run configuration from {type(source).__name__}")
     data = apply_overrides(data, overrides)
+    if isinstance(source, RunConfig) and isinstance(data, dict) and data.get("method", "paper") != source.method:
+        # A built config spells out what its method filled in; those values follow a method override.
+        for (section, key), value in METHOD_DEFAULTS[source.method].items():
+            if isinstance(data.get(section), dict) and data[section].get(key, object()) == value:
+                data[section] = {k: v for k, v in data[section].items() if k != key}
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:

@@ -150,6 +150,8 @@ def dissect(config: Any, log: Callable[[str], None] | None = None, overwrite: bo
         "dnd_version": __import__("dnd").__version__,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "config": config.model_dump(mode="json"),
+        # Which method ran, and every option this run sets otherwise: a paper run reads as one.
+        "method": {"name": config.method, "differs": config.differs_from_method()},
         "versions": _versions(),
         "layers": [{"name": l.name, "size": l.size, "neurons": len(l.neurons), "spatial": l.has_map} for l in layers],
         "counts": {**counts, "neurons": len(rows), "status": status, "probe_sources": source_counts},

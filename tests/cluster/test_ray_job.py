@@ -18,9 +18,6 @@ OVERRIDES = [
     "step1.top_k=3",
     "summarizer.candidates=2",
     "generator.images_per_concept=2",
-    # Parsimony's second generation round is the same stages again; these tests are about jobs,
-    # resumes and lost actors, and the round is checked on the integration tier's runs.
-    "selection.parsimony_share=null",
 ]
 EXPECTED = [("layer2", n) for n in range(4)] + [("fc", n) for n in range(4)]
 CACHES = {"captions": "captioner_images", "concepts": "summarizer_requests", "generated": "generator_images",

@@ -47,6 +47,9 @@ def smoke_config(out, **changes):
     with open(os.path.join(REPO, "examples", "smoke.yaml")) as handle:
         data = yaml.safe_load(handle)
     data.pop("ray")  # the tier's own local Ray (below) is used, not one the config starts
+    # dnd's method: the shared run exercises its additions too (parsimony's second round, Grad-CAM
+    # crops for fc); the Step 1 tests and the cluster jobs run the default method, paper.
+    data["method"] = "dnd"
     data["probe"]["sources"] = [{"uri": "gen://shapes?n=48&seed=0&size=64"}]
     data["neurons"] = dict(SMOKE_NEURONS)
     data["step1"]["top_k"] = SMOKE_TOP_K

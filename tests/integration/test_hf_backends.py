@@ -536,8 +536,9 @@ def test_openai_vision_sends_each_image_and_retries_server_errors(vision_key):
     with VisionStub(plan={"green": [500, 503]}) as stub:
         captioner = vision_captioner(stub, vision_key, max_concurrency=4)
         captions = captioner.caption([solid(colour, (20 + i, 10)) for i, colour in enumerate(colours)])
-    # Cleaned, and in the order of the images although requests ran concurrently.
-    assert captions == [f"a {colour} square" for colour in colours]
+    # As the model wrote them (clean-up is the caption stage's, captioner.cleanup), and in the order
+    # of the images although requests ran concurrently.
+    assert captions == [f"There is a picture of a {colour} square." for colour in colours]
     assert sorted(r["colour"] for r in stub.requests) == sorted(colours + ["green", "green"])
     assert {r["colour"]: r["size"] for r in stub.requests} == {c: (20 + i, 10) for i, c in enumerate(colours)}
     assert {r["auth"] for r in stub.requests} == {"Bearer sk-test"}
@@ -554,7 +555,7 @@ def test_openai_vision_failed_image_gets_empty_caption_and_an_error(vision_key):
     with VisionStub(plan={"red": [400], "blue": [503, 503, 503]}) as stub:
         captioner = vision_captioner(stub, vision_key, max_retries=2)
         captions = captioner.caption([solid("red"), solid("green"), solid("blue")])
-    assert captions == ["", "a green square", ""]
+    assert captions == ["", "There is a picture of a green square.", ""]
     errors = sorted(captioner.errors, key=lambda e: e["index"])
     # A client error is not retried; a server error is, until max_retries is spent.
     assert [(e["index"], e["attempts"]) for e in errors] == [(0, 1), (2, 3)]

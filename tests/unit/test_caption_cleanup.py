@@ -81,3 +81,24 @@ def test_cleaning_is_idempotent() -> None:
     for raw, _ in CASES:
         once = clean_caption(raw)
         assert clean_caption(once) == once
+
+
+def test_method_paper_passes_captions_on_as_the_model_wrote_them() -> None:
+    from dnd.captioning.cleanup import decoded_caption
+
+    # Only what decoding leaves behind goes: special tokens, line breaks, an echoed prompt prefix.
+    raw = "there is a picture of arafed man riding a horse [SEP]\n on a beach."
+    assert decoded_caption(raw) == "there is a picture of arafed man riding a horse on a beach."
+    assert decoded_caption("a photography of arafed woman", prompt="a photography of") == "arafed woman"
+    assert clean_caption(raw) == "man riding a horse on a beach"
+    assert decoded_caption(None) == "" and decoded_caption("  ") == ""
+
+
+def test_captions_cached_with_and_without_cleanup_are_kept_apart() -> None:
+    from dnd.captioning.stage import captioner_key
+    from dnd.config import CaptionerConfig
+
+    raw = CaptionerConfig(backend="hf", options={"model": "random-tiny"})
+    clean = CaptionerConfig(backend="hf", options={"model": "random-tiny"}, cleanup=True)
+    assert captioner_key(raw) != captioner_key(clean)
+    assert captioner_key(raw) == captioner_key(CaptionerConfig(backend="hf", options={"model": "random-tiny"}))

@@ -109,14 +109,24 @@ def _first_repeat(words: list[str]) -> tuple[int, int] | None:
     return None
 
 
-def clean_caption(text: str | None, prompt: str | None = None) -> str:
-    """``text`` without captioning artefacts; ``prompt`` is a conditional prefix to remove."""
+def decoded_caption(text: str | None, prompt: str | None = None) -> str:
+    """The caption as the model wrote it, on one line: leftover special tokens and a conditional
+    ``prompt`` prefix the model echoes removed, nothing else. This is all ``method: paper`` does."""
     if not text or not text.strip():
         return ""
     text = _SPECIAL_TOKENS.sub(" ", text)
     text = re.sub(r"\s+", " ", text).strip()
     if prompt:
         text = _strip_prefix(text, prompt)
+    return text
+
+
+def clean_caption(text: str | None, prompt: str | None = None) -> str:
+    """``text`` without captioning artefacts (``captioner.cleanup``, method dnd); ``prompt`` is a
+    conditional prefix to remove."""
+    text = decoded_caption(text, prompt)
+    if not text:
+        return ""
     text = _drop_artefacts(text)
     text = _strip_framing(text.strip(" ,:"))
     text = _collapse_repeats(text)

@@ -15,7 +15,7 @@ from dnd.backends import (
     seeded,
 )
 from dnd.captioning.base import CAPTIONERS
-from dnd.captioning.cleanup import CLEANUP_VERSION, clean_caption
+from dnd.captioning.cleanup import decoded_caption
 from dnd.errors import ConfigError
 from dnd.tiny import BLIP_DECODER_START, is_random_tiny, tiny_bert_tokenizer, tiny_weights_seeded
 
@@ -73,7 +73,7 @@ class HFCaptioner:
 
         self.cache_key = (
             f"hf-caption|{self.model_name}|dtype={dtype}|max_new_tokens={self.max_new_tokens}"
-            f"|num_beams={self.num_beams}|prompt={self.prompt!r}|chat={self.chat}|clean={CLEANUP_VERSION}"
+            f"|num_beams={self.num_beams}|prompt={self.prompt!r}|chat={self.chat}"
         )
 
     def caption(self, images: "list[Image.Image]") -> list[str]:
@@ -95,7 +95,8 @@ class HFCaptioner:
         # In chat mode the instruction was sliced off with the prompt tokens; a captioning model's
         # conditional prefix comes back in its output and is removed from the text.
         prefix = None if self.chat else self.prompt
-        return [clean_caption(text, prompt=prefix) for text in texts]
+        # Artefact clean-up, when the run asks for it, is the caption stage's (captioner.cleanup).
+        return [decoded_caption(text, prompt=prefix) for text in texts]
 
     def _inputs(self, images: "list[Image.Image]") -> dict:
         if self.chat:

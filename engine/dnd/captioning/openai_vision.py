@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from dnd.backends import positive_int
 from dnd.captioning.base import CAPTIONERS
-from dnd.captioning.cleanup import CLEANUP_VERSION, clean_caption
+from dnd.captioning.cleanup import decoded_caption
 from dnd.concepts.base import Usage
 from dnd.errors import ConfigError
 
@@ -98,7 +98,7 @@ class OpenAIVisionCaptioner:
         prompt_digest = hashlib.sha256(prompt.encode()).hexdigest()[:16]
         self.cache_key = (
             f"openai-vision|{model}|{self.base_url}|prompt={prompt_digest}|temperature={self.temperature}"
-            f"|max_tokens={self.max_tokens}|clean={CLEANUP_VERSION}"
+            f"|max_tokens={self.max_tokens}"
         )
 
     def caption(self, images: "list[Image.Image]") -> list[str]:
@@ -151,7 +151,7 @@ class OpenAIVisionCaptioner:
             return self._fail(index, "the response has no choices", attempts)
         if getattr(message, "refusal", None):
             return self._fail(index, f"the model refused: {message.refusal}", attempts)
-        caption = clean_caption(message.content)
+        caption = decoded_caption(message.content)
         if not caption:
             return self._fail(index, "the model answered with an empty caption", attempts)
         return caption

@@ -16,9 +16,12 @@ def captioner_key(stage: Any) -> str:
     from dnd.captioning.base import CAPTIONERS
     from dnd.registry import backend_code_digest, backend_identity
 
+    from dnd.captioning.cleanup import CLEANUP_VERSION
+
     remote = backend_identity(CAPTIONERS, stage)
+    cleanup = f"cleanup={CLEANUP_VERSION}" if stage.cleanup else "cleanup=off"
     return content_key("caption", stage.backend, backend_code_digest(CAPTIONERS, stage.backend),
-                       json.dumps(stage.options, sort_keys=True, default=str), *([remote] if remote else []))
+                       json.dumps(stage.options, sort_keys=True, default=str), cleanup, *([remote] if remote else []))
 
 
 def caption_schema():
@@ -35,7 +38,9 @@ class CaptionActor:
         from dnd.config import CaptionerConfig
         from dnd.registry import build_stage_backend
 
-        self.captioner = build_stage_backend(CAPTIONERS, CaptionerConfig.model_validate(stage_config))
+        config = CaptionerConfig.model_validate(stage_config)
+        self.captioner = build_stage_backend(CAPTIONERS, config)
+        self.cleanup = config.cleanup
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         from dnd.models.oom import halving_on_oom
@@ -43,14 +48,15 @@ class CaptionActor:
         return halving_on_oom(self._caption, batch)
 
     def _caption(self, batch: dict[str, Any]) -> dict[str, Any]:
-        from dnd.captioning.cleanup import clean_caption
+        from dnd.captioning.cleanup import clean_caption, decoded_caption
         from dnd.probe.decode import decode_rgb
 
         images = [decode_rgb(bytes(data)) for data in batch["data"]]
         captions = self.captioner.caption(images)
         if len(captions) != len(images):
             raise RuntimeError(f"captioner returned {len(captions)} captions for {len(images)} images")
-        return {"image_id": batch["image_id"], "caption": np.array([clean_caption(c or "") for c in captions], dtype=object)}
+        tidy = clean_caption if self.cleanup else decoded_caption
+        return {"image_id": batch["image_id"], "caption": np.array([tidy(c or "") for c in captions], dtype=object)}
 
 
 def _keep_ids(batch: dict[str, Any], wanted: list[str]) -> dict[str, Any]:

@@ -94,7 +94,19 @@ def build_report(uri: str, out: str | None = None, storage_options: dict | None 
     with fs.open(target.path("data", "index.js"), "wb") as handle:
         handle.write(b"window.DND_INDEX=" + json.dumps(index, separators=(",", ":"), ensure_ascii=False).replace("</", "<\\/").encode() + b";\n")
     with fs.open(target.path("index.html"), "wb") as handle:
-        handle.write(page(f"dnd report: {uri.rstrip('/').rsplit('/', 1)[-1]}", uri).encode())
+        handle.write(page(f"dnd report: {uri.rstrip('/').rsplit('/', 1)[-1]}", uri, method_line(manifest)).encode())
     log(f"report: {len(frame)} neurons in {len(layers)} layers; thumbnails made {index['thumbnails']['made']}, "
         f"reused {index['thumbnails']['reused']}")
     return join(out or join(uri, "report"), "index.html")
+
+
+def method_line(manifest: dict) -> str:
+    """"method: paper" or "method: dnd; differs: selection.parsimony_share=null, seed=3", from _SUCCESS."""
+    method = manifest.get("method")
+    if not isinstance(method, dict) or "name" not in method:
+        return "method: not recorded (a run made before dnd recorded its method)"
+    differs = method.get("differs") or {}
+    if not differs:
+        return f"method: {method['name']} (its defaults)"
+    options = ", ".join(f"{name}={json.dumps(value)}" for name, value in sorted(differs.items()))
+    return f"method: {method['name']}; options that differ from its defaults: {options}"

@@ -92,7 +92,8 @@ document.addEventListener('DOMContentLoaded',function(){
 """
 
 
-def page(title: str, run_uri: str) -> str:
+def page(title: str, run_uri: str, method: str = "") -> str:
+    """The report's single page; ``method`` is the line saying which method the run used."""
     from html import escape
 
     return f"""<!DOCTYPE html>
@@ -102,7 +103,7 @@ def page(title: str, run_uri: str) -> str:
 <script src="data/index.js"></script>
 <script>{SCRIPT}</script>
 </head><body>
-<header><h1>{escape(title)}</h1><div class="run">{escape(run_uri)}</div></header>
+<header><h1>{escape(title)}</h1><div class="run">{escape(run_uri)}</div><div class="run method">{escape(method)}</div></header>
 <nav><span>layers:</span></nav>
 <main><div id="summary"></div><div id="labels"></div>
 <input id="search" type="search" placeholder="filter by label text" aria-label="filter by label text">

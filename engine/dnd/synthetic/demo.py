@@ -15,18 +15,23 @@ from dnd.synthetic.probe import probe_uri
 DEFAULT_OUT = "dnd-demo"
 
 
+#: The demo's own method: the paper plus dnd's additions. ``dnd demo`` runs the other one beside it.
+DEFAULT_METHOD = "dnd"
+
+
 def demo_config(out: str = DEFAULT_OUT, *, probe_images: int = 600, neurons: Any = "all", crops: bool = True,
                 selection: bool = True, scoring: str = "topk_squared_image_products", seed: int = 0,
-                extensions: bool = True) -> dict:
+                method: str = DEFAULT_METHOD) -> dict:
     """The demo's run configuration as a dict (``dnd demo --print-config`` shows it as YAML).
-    ``extensions=False`` turns off what dnd adds to the paper (Grad-CAM crops for fc, parsimony,
-    activation evidence for multiple labels), for the benchmark's "paper" variant."""
+    ``method``: "dnd" (the paper plus dnd's additions) or "paper" (section 3 and A.1 exactly); the
+    options a method decides (crops of linear neurons, crop scope, parsimony ...) are left to it."""
     config = {
+        "method": method,
         "target": {"model": "python:dnd.synthetic.network:build", "weights": "DEFAULT", "batch_size": 128},
         "layers": ["planted", "fc"],
         "neurons": neurons,
         "probe": {"sources": [{"uri": probe_uri(probe_images, seed), "name": "planted-probe"}]},
-        "step1": {"top_k": 10, "crops": crops, "crops_per_image": 4, "linear_crops": "gradcam"},
+        "step1": {"top_k": 10, "crops": crops, "crops_per_image": 4},
         "captioner": {"backend": "synthetic", "batch_size": 64},
         "summarizer": {"backend": "extractive", "candidates": 5, "options": {"frequency_weight": 1.0, "caption_fraction": 0.5, "min_share": 0.7}},
         "generator": {"backend": "synthetic", "images_per_concept": 10, "batch_size": 64},
@@ -39,9 +44,6 @@ def demo_config(out: str = DEFAULT_OUT, *, probe_images: int = 600, neurons: Any
         "output": {"uri": out},
         "ray": {"object_store_memory": 300_000_000},
     }
-    if not extensions:
-        config["step1"]["linear_crops"] = "none"
-        config["selection"].update(parsimony_share=None, multilabel_share=None)
     return config
 
 
