@@ -314,7 +314,7 @@ def _flat_differences(mine: Any, base: Any, prefix: str = "") -> dict[str, Any]:
     """Dotted names whose values differ between two dumped configs (a section only on one side is one entry)."""
     if isinstance(mine, dict) and isinstance(base, dict):
         out: dict[str, Any] = {}
-        for key in mine.keys() | base.keys():
+        for key in sorted(mine.keys() | base.keys()):
             out.update(_flat_differences(mine.get(key), base.get(key), f"{prefix}{key}."))
         return out
     return {} if mine == base else {prefix[:-1]: mine}
