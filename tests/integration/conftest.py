@@ -26,7 +26,8 @@ def local_ray():
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-# The smoke run of examples/smoke.yaml, made small enough to finish fast on two CPUs: nine neurons
+# The smoke run of examples/smoke.yaml (the default method, paper), made small enough to finish fast
+# on two CPUs: nine neurons
 # of two layers (a spatial one with attention crops, a linear one without), three candidates each,
 # two generated images per candidate. One such run is shared by every module that only reads a
 # finished run (the full-pipeline checks, the report and analyses, the Serve comparison): each
@@ -47,9 +48,6 @@ def smoke_config(out, **changes):
     with open(os.path.join(REPO, "examples", "smoke.yaml")) as handle:
         data = yaml.safe_load(handle)
     data.pop("ray")  # the tier's own local Ray (below) is used, not one the config starts
-    # dnd's method: the shared run exercises its additions too (parsimony's second round, Grad-CAM
-    # crops for fc); the Step 1 tests and the cluster jobs run the default method, paper.
-    data["method"] = "dnd"
     data["probe"]["sources"] = [{"uri": "gen://shapes?n=48&seed=0&size=64"}]
     data["neurons"] = dict(SMOKE_NEURONS)
     data["step1"]["top_k"] = SMOKE_TOP_K

@@ -4,6 +4,7 @@ The whole demo (35 neurons) takes about as long as a few neurons would: Step 1 r
 image either way, and a layer's attention crops are cut for all of its neurons at once, so a
 reduced run would not even see the same top images."""
 
+from dnd.selection.dedupe import concept_key
 from dnd.synthetic.recovery import names, recovery
 
 
@@ -33,3 +34,15 @@ def test_demo_recovers_planted_concepts(local_ray, tmp_path):
     for row in frame.itertuples():
         assert row.candidates[0]["images"] > 0
     assert recovery(frame, with_similarity=False)["accuracy"] == summary["accuracy"]
+
+    # The demo runs method dnd: its parsimony round generates the labels' sub-phrases only where no
+    # neuron proposed them, and measures them without scoring them by the paper's functions.
+    manifest = results.manifest
+    assert manifest["method"]["name"] == "dnd" and "selection.parsimony_share" not in manifest["method"]["differs"]
+    proposed = {concept_key(c["concept"]) for cands in frame["candidates"] for c in cands if not c["sub_phrase"]}
+    subs = {concept_key(c["concept"]) for cands in frame["candidates"] for c in cands if c["sub_phrase"]}
+    assert subs and manifest["parsimony"]["new_concepts"] == len(subs - proposed)
+    for cands in frame["candidates"]:
+        for c in cands:
+            if c["sub_phrase"]:
+                assert c["score"] is None and c["mean_activation"] is not None, c

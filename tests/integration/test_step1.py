@@ -144,7 +144,8 @@ def test_rerun_gives_identical_results(local_ray, tmp_path):
 def test_linear_neurons_get_gradcam_crops_for_half_their_top_k(local_ray, tmp_path, probe_images):
     from dnd.pipeline import dissect
 
-    results = dissect(config_for(tmp_path, linear_crops="gradcam"), log=lambda m: None)
+    # Layer scope (method dnd's): every Grad-CAM crop of the fc layer competes for each fc neuron.
+    results = dissect(config_for(tmp_path, linear_crops="gradcam", crop_scope="layer"), log=lambda m: None)
     frame = results.neurons
     images = results.images()
     crops = images[images["kind"] == "crop"]
