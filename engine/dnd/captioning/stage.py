@@ -14,9 +14,8 @@ from dnd.store.cache import ContentCache, content_key
 def captioner_key(stage: Any) -> str:
     """Cache identity of a captioner, from its config (no model needs loading to know it)."""
     from dnd.captioning.base import CAPTIONERS
-    from dnd.registry import backend_code_digest, backend_identity
-
     from dnd.captioning.cleanup import CLEANUP_VERSION
+    from dnd.registry import backend_code_digest, backend_identity
 
     remote = backend_identity(CAPTIONERS, stage)
     cleanup = f"cleanup={CLEANUP_VERSION}" if stage.cleanup else "cleanup=off"
