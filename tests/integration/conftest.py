@@ -27,11 +27,11 @@ def local_ray():
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # The smoke run of examples/smoke.yaml (the default method, paper), made small enough to finish fast
-# on two CPUs: nine neurons
-# of two layers (a spatial one with attention crops, a linear one without), three candidates each,
-# two generated images per candidate. One such run is shared by every module that only reads a
-# finished run (the full-pipeline checks, the report and analyses, the Serve comparison): each
-# dissection costs a minute and a half of model loading on two CPUs, most of this tier's time.
+# on two CPUs: nine neurons of two layers (a spatial one with attention crops, a linear one without),
+# three candidates each, two generated images per candidate. One such run is shared by every module
+# that only reads a finished run (the full-pipeline checks, the report and analyses, the Serve
+# comparison): each dissection costs a minute and a half of model loading on two CPUs, most of this
+# tier's time.
 SMOKE_NEURONS = {"layer2": "0:6", "fc": "0:3"}
 SMOKE_TOP_K = 3
 SMOKE_IMAGES_PER_CONCEPT = 2
