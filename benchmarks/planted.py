@@ -7,7 +7,7 @@ cache. Prints one JSON line: per method, variant and seed the recovery accuracy 
 neuron kind, the multi-label coverage of polysemantic neurons and the mean sentence-embedding cosine
 between labels and truth; the medians over the seeds; and the targets, read on the medians.
 
-    python benchmarks/planted.py [--images 600] [--seeds 0 1 2] [--methods paper dnd] [--quick]
+    python benchmarks/planted.py [--images 600] [--seeds 0 1 2] [--methods paper dnd] [--quick | --variants full ...]
 
 Targets (medians over the seeds): dnd fc >= 95% and planted >= 85%; dnd >= paper on every kind of
 neuron; crops raise small-object accuracy; Step 3 raises spurious-correlation accuracy; both
@@ -17,6 +17,7 @@ concepts of polysemantic neurons among dnd's labels in >= 70% of cases.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -81,15 +82,19 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="probe and run seeds (the demo's is 0)")
     parser.add_argument("--methods", nargs="+", choices=["paper", "dnd"], default=["paper", "dnd"])
     parser.add_argument("--quick", action="store_true", help=f"only the variants {', '.join(QUICK)}")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="only these variants")
+    parser.add_argument("--keep", metavar="DIR", help="write the runs and their cache under DIR and keep them "
+                        "(default: a temporary folder, removed at the end)")
     args = parser.parse_args()
 
     import dnd
     from dnd.synthetic.demo import demo_config
     from dnd.synthetic.recovery import recovery
 
-    variants = {k: v for k, v in VARIANTS.items() if not args.quick or k in QUICK}
+    chosen = args.variants or (QUICK if args.quick else VARIANTS)
+    variants = {k: v for k, v in VARIANTS.items() if k in chosen}
     report: dict = {"benchmark": "planted", "probe_images": args.images, "seeds": args.seeds, "runs": {}, "median": {}}
-    with tempfile.TemporaryDirectory() as tmp:
+    with (contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory()) as tmp:
         for method in args.methods:
             for name, options in variants.items():
                 per_seed = {}
