@@ -2,8 +2,8 @@
 
 Runs the `dnd demo` configuration under both methods, `paper` (section 3 and A.1 exactly) and `dnd`
 (the paper plus dnd's additions), each with the paper's ablations (no attention crops, no Step 3,
-each of the four scoring functions), on several seeds of the world's probe, sharing one model-output
-cache. Prints one JSON line: per method, variant and seed the recovery accuracy per layer and per
+each of the four scoring functions) and the other crop scope (a neuron's own crops, or the whole
+layer's), on several seeds of the world's probe, sharing one model-output cache. Prints one JSON line: per method, variant and seed the recovery accuracy per layer and per
 neuron kind, the multi-label coverage of polysemantic neurons and the mean sentence-embedding cosine
 between labels and truth; the medians over the seeds; and the targets, read on the medians.
 
@@ -28,6 +28,7 @@ import time
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+#: Each variant: keyword arguments of ``demo_config``, or dotted options set on its result (``set``).
 VARIANTS = {
     "full": {},
     "no_crops": {"crops": False},
@@ -35,6 +36,9 @@ VARIANTS = {
     "scoring_mean": {"scoring": "mean"},
     "scoring_topk_squared": {"scoring": "topk_squared"},
     "scoring_image_products": {"scoring": "image_products"},
+    # Whose crops compete for a neuron's top-K: its own (the authors' procedure) or the layer's.
+    "crop_scope_neuron": {"set": {"step1.crop_scope": "neuron"}},
+    "crop_scope_layer": {"set": {"step1.crop_scope": "layer"}},
 }
 QUICK = ("full", "no_crops", "no_step3")
 
@@ -88,6 +92,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import dnd
+    from dnd.config import METHOD_DEFAULTS
     from dnd.synthetic.demo import demo_config
     from dnd.synthetic.recovery import recovery
 
@@ -97,11 +102,19 @@ def main() -> None:
     with (contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory()) as tmp:
         for method in args.methods:
             for name, options in variants.items():
+                options = dict(options)
+                overrides = options.pop("set", {})
+                if overrides and all(METHOD_DEFAULTS[method].get(tuple(k.split(".", 1))) == v for k, v in overrides.items()):
+                    report["runs"].setdefault(method, {})[name] = "same as full"  # the method's own setting
+                    continue
                 per_seed = {}
                 for seed in args.seeds:
                     tag = f"{method}-{name}-seed{seed}"
                     config = demo_config(os.path.join(tmp, tag), probe_images=args.images, seed=seed, method=method,
                                          **options)
+                    for dotted, value in overrides.items():
+                        section, key = dotted.split(".", 1)
+                        config.setdefault(section, {})[key] = value
                     config["output"]["cache_uri"] = os.path.join(tmp, "cache")
                     started = time.time()
                     results = dnd.dissect(config, log=lambda m, tag=tag: print(f"[{tag}] {m}", file=sys.stderr))

@@ -178,12 +178,13 @@ class SelectionConfig(_Section):
     parsimony_share: float | None = Field(
         None, gt=0, le=1,
         description="The label gives way to a shorter phrase inside it (red circle -> red; the label's sub-phrases are generated too) "
-        "when that phrase's images keep at least this share of the label's activation above the neuron's floor (median over same-seed pairs); "
+        "when that phrase's images keep at least this share of the label's peak activation above the neuron's floor on three same-seed "
+        "image pairs in four; "
         "null keeps the scoring function's choice as the paper does (method dnd: 0.5).",
     )
     multilabel_share: float | None = Field(
         None, gt=0, le=1,
-        description="A.7 labels after the first need at least this share of the label's mean activation above the neuron's floor, "
+        description="A.7 labels after the first need at least this share of the label's mean peak activation above the neuron's floor, "
         "and must not restate a kept label with words added or removed; null keeps every dissimilar candidate as the paper does "
         "(method dnd: 0.5).",
     )

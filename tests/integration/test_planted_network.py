@@ -187,3 +187,42 @@ def test_untrained_network_is_a_fair_baseline():
     data = train.make_scenes(200, FRESH_SEED + 3)
     aurocs = [row["auroc"] for row in train.evaluate(random_net, data)["planted"]]
     assert np.mean(aurocs) < 0.8
+
+
+def test_step3_peaks_are_map_maxima_and_do_not_grow_with_area(model):
+    """Step 3 measures parsimony by each neuron's map peak: the target actor's ``peak_i`` must be
+    the maximum of the neuron's map (the logit itself for fc), and unlike the spatial mean it
+    must not shrink when the same red is drawn smaller."""
+    import io
+
+    from dnd.activations.actors import ProbeActivations, prepare_encoded
+
+    red = PLANTED_NEURONS.index(next(n for n in PLANTED_NEURONS if n.concepts == ("red",)))
+    rng = np.random.default_rng(5)
+    images = [world.render_concept("large red circle", rng), world.render_concept("small red circle", rng)]
+    datas = []
+    for image in images:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        datas.append(buffer.getvalue())
+    from dnd.models.target import build_target
+
+    target = build_target("python:dnd.synthetic.network:build", "DEFAULT", None, {})
+    preprocess = target.preprocess
+    batch = prepare_encoded({"image_id": np.array(["0a", "0b"]), "data": datas}, target.input_spec, preprocess)
+    actor = ProbeActivations({"model": "python:dnd.synthetic.network:build", "weights": "DEFAULT"},
+                             ["planted", "fc"], [[red], [0, 1]], "mean", peaks=True)
+    out = actor(batch)
+
+    seen = {}
+    hook = model.get_submodule("planted").register_forward_hook(lambda m, i, o: seen.__setitem__("maps", o))
+    with torch.no_grad():
+        logits = model(torch.stack([preprocess(image) for image in images]))
+    hook.remove()
+    maps = seen["maps"][:, red]
+    np.testing.assert_allclose(out["peak_0"][:, 0], maps.amax(dim=(1, 2)).numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out["act_0"][:, 0], maps.mean(dim=(1, 2)).numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out["peak_1"], logits[:, :2].numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(out["peak_1"], out["act_1"])
+    (large_mean, small_mean), (large_peak, small_peak) = out["act_0"][:, 0], out["peak_0"][:, 0]
+    assert small_mean < 0.7 * large_mean and small_peak > 0.9 * large_peak, (out["act_0"], out["peak_0"])

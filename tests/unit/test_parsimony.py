@@ -33,17 +33,21 @@ def test_nested_is_a_strict_nonempty_subset():
     assert not nested(frozenset(), concept_words("red circle"))
 
 
-def test_lift_is_the_mean_above_the_probe_mean():
+def test_lift_is_the_mean_above_the_floor():
     got = lifts([np.array([3.0, 5.0, np.nan]), np.array([]), np.array([-1.0])], baseline=1.0)
     assert got[0] == 3.0 and np.isnan(got[1]) and got[2] == -2.0
 
 
-def test_paired_share_is_the_median_ratio_of_lifts_image_by_image():
-    # Lifts over baseline 1: label 2, 4, 1, 3, (NaN); other 1, 4, 0.5, NaN, 9 -> pairs 1-3 count:
-    # ratios 0.5, 1.0, 0.5 -> median 0.5. The refused image (NaN) on either side drops its pair.
-    label = np.array([3.0, 5.0, 2.0, 4.0, np.nan])
-    other = np.array([2.0, 5.0, 1.5, np.nan, 10.0])
-    assert paired_share(label, other, 1.0) == pytest.approx(0.5)
+def test_paired_share_is_the_lower_quartile_of_lift_ratios_image_by_image():
+    # Lifts over baseline 1: label 2, 4, 1, 2, 4, (NaN); other 0, 1, 0.5, 2, 4, 9 -> pairs 1-5
+    # count, ratios 0, 0.25, 0.5, 1, 1. Lower quartile by linear interpolation: position
+    # 0.25 * (5 - 1) = 1 of the sorted ratios, 0.25 (the median would be 0.5). The refused image
+    # (NaN) on either side drops its pair.
+    label = np.array([3.0, 5.0, 2.0, 3.0, 5.0, np.nan])
+    other = np.array([1.0, 2.0, 1.5, 3.0, 5.0, 10.0])
+    assert paired_share(label, other, 1.0) == pytest.approx(0.25)
+    # Between two sorted ratios it interpolates: ratios 0, 1, 1, 1 -> position 0.75 -> 0.75.
+    assert paired_share(np.full(4, 2.0), np.array([1.0, 2.0, 2.0, 2.0]), 1.0) == pytest.approx(0.75)
     # Pairs where the label's own image does not lift the neuron say nothing.
     assert np.isnan(paired_share(np.array([0.5, 1.0]), np.array([2.0, 2.0]), 1.0))
 
@@ -59,7 +63,7 @@ def test_sub_phrases_are_the_shorter_phrases_inside_a_label():
 def red_detector():
     # A red detector whose probe mean is 0.1: "red circle" images 1.0 (lift 0.9), "red" images a
     # little lower, as the average shape is smaller than a circle (0.8: lift 0.7, share 0.78);
-    # "circle" images are red once in ten, so the median pair keeps nothing (share 0).
+    # "circle" images are red once in ten, so three pairs in four keep nothing (share 0).
     names = ["red circle", "red", "circle"]
     acts = [np.full(10, 1.0), np.full(10, 0.8), np.array([1.0] + [0.1] * 9)]
     return names, acts
@@ -93,6 +97,20 @@ def test_a_broader_category_that_sometimes_renders_the_right_thing_is_not_enough
     names = ["diagonally striped", "striped"]
     striped = np.array([1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0])
     assert simplest_sufficient(names, 0, [np.ones(10), striped], 0.0, 0.4) == (0, None)
+
+
+def test_a_sub_phrase_drawn_right_in_a_lucky_majority_of_pairs_is_not_enough():
+    # A horizontal-stripes detector: "striped" is drawn horizontal one time in three, and this
+    # sample of ten happens to draw it so six times. The median pair keeps all the lift (share
+    # 1.0 by the median), but the lower quartile (position 2.25 of the sorted ratios 0,0,0,0,1,...)
+    # is 0: the sub-phrase must keep the lift on three pairs in four.
+    names = ["horizontally striped", "striped"]
+    striped = np.array([1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0])
+    assert np.median(striped) == 1.0
+    assert simplest_sufficient(names, 0, [np.ones(10), striped], 0.0, 0.5) == (0, None)
+    # Drawn right in eight pairs of ten, it qualifies: position 2.25 falls between two ones.
+    striped[[1, 4]] = 1.0
+    assert simplest_sufficient(names, 0, [np.ones(10), striped], 0.0, 0.5) == (1, pytest.approx(1.0))
 
 
 def test_no_yardstick_no_change():

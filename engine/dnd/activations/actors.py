@@ -129,18 +129,31 @@ class _TargetActor:
         outputs = self.recorder(self._inputs(pixels))
         return {name: neuron_maps(outputs[name], name) for name in self.layers}
 
-    def _pooled(self, maps: dict[str, Any]) -> dict[str, np.ndarray]:
+    def _pooled(self, maps: dict[str, Any], peaks: bool = False) -> dict[str, np.ndarray]:
+        """``act_i``: the run's summary of each requested neuron's map in layer i; with ``peaks``
+        also ``peak_i``, the map's maximum (the value itself for a layer without maps)."""
         from dnd.models.recorder import summarize
 
         pooled = {}
         for i, name in enumerate(self.layers):
-            values = summarize(maps[name], self.summary).index_select(1, self.neuron_index[i])
-            pooled[f"act_{i}"] = values.float().cpu().numpy()
+            index = self.neuron_index[i]
+            pooled[f"act_{i}"] = summarize(maps[name], self.summary).index_select(1, index).float().cpu().numpy()
+            if peaks:
+                pooled[f"peak_{i}"] = summarize(maps[name], "max").index_select(1, index).float().cpu().numpy()
         return pooled
 
 
 class ProbeActivations(_TargetActor):
-    """Pass A: pooled activations of every probe image (skipped images carry NaN and their reason)."""
+    """Pass A: pooled activations of every probe image (skipped images carry NaN and their reason).
+
+    With ``peaks`` each row also carries ``peak_i``, every neuron's map maximum: Step 3's parsimony
+    compares concepts by it, because a spatial mean grows with the drawn object's area.
+    """
+
+    def __init__(self, target_config: dict, layers: list[str], neurons: list[list[int]], summary: str,
+                 peaks: bool = False):
+        super().__init__(target_config, layers, neurons, summary)
+        self.peaks = peaks
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         ok = np.array([not e for e in batch["error"]], dtype=bool)
@@ -148,10 +161,13 @@ class ProbeActivations(_TargetActor):
         n = len(ok)
         for i, index in enumerate(self.neuron_index):
             out[f"act_{i}"] = np.full((n, len(index)), np.nan, dtype=np.float32)
+            if self.peaks:
+                out[f"peak_{i}"] = np.full((n, len(index)), np.nan, dtype=np.float32)
         if ok.any():
             from dnd.models.oom import halving_on_oom  # out of memory: halve the batch, retry
 
-            pooled = halving_on_oom(lambda part: self._pooled(self._record(part["pixels"])), {"pixels": batch["pixels"][ok]})
+            pooled = halving_on_oom(lambda part: self._pooled(self._record(part["pixels"]), self.peaks),
+                                    {"pixels": batch["pixels"][ok]})
             for name, values in pooled.items():
                 out[name][ok] = values
         return out
@@ -208,13 +224,13 @@ class AttentionCrops(_TargetActor):
 
         rows: list[dict[str, Any]] = []
         crops: list[tuple[Any, dict[str, Any]]] = []
-        datas = read_refs(list(batch["ref"]), self.storage_options)
+        reads = read_refs(list(batch["ref"]), self.storage_options)
         decoded = []
-        for parent, ref, data in zip(batch["image_id"], batch["ref"], datas):
+        for parent, ref, (data, reason) in zip(batch["image_id"], batch["ref"], reads):
             error = ""
             image = None
             if data is None:
-                error = "probe image could not be read again for cropping"
+                error = f"probe image could not be read again for cropping: {reason or 'no bytes'}"
             else:
                 try:
                     image = decode_rgb(data)

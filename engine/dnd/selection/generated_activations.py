@@ -1,18 +1,30 @@
 """Step 3: the target model's activations on the generated images, content-addressed.
 
-Each generated image's summary activations for every requested neuron of every layer are cached
-under a key of (target model, layers, neurons, summary function, the image's generation key), so a
-resumed or repeated run sends only images it has never seen through the target model.
+Each generated image's activations for every requested neuron of every layer are cached under a
+key of (target model, layers, neurons, summary function, the image's generation key), so a resumed
+or repeated run sends only images it has never seen through the target model. Two values per
+neuron: the run's summary (the paper's g, which the scoring functions use) and the map's peak
+(which parsimony and the multiple labels' support compare, see ``selection/parsimony.py``).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
 from dnd.store.cache import ContentCache, content_key
+
+
+@dataclass
+class Measured:
+    """One generated image through the target model: per layer, the requested neurons' summaries
+    and their map peaks (equal to the summaries for layers without maps)."""
+
+    summaries: list[np.ndarray]
+    peaks: list[np.ndarray]
 
 
 def activation_schema():
@@ -24,7 +36,8 @@ def activation_schema():
 def target_pass_key(config: Any, layers: list[Any]) -> str:
     target = config.target.model_dump(mode="json", include={"model", "weights", "checkpoint", "options"})
     return content_key("target-pass", _code_digest(), json.dumps(target, sort_keys=True, default=str),
-                       json.dumps([[layer.name, layer.neurons] for layer in layers]), config.step1.summary)
+                       json.dumps([[layer.name, layer.neurons] for layer in layers]), config.step1.summary,
+                       "summary+peak")
 
 
 def _code_digest() -> str:
@@ -40,8 +53,8 @@ def _code_digest() -> str:
 
 
 def generated_activations(config: Any, layers: list[Any], layout: Any, dataset: Callable[[set[str]], Any],
-                          entry_keys: dict[str, str], log: Callable[[str], None]) -> tuple[dict[str, list[np.ndarray]], dict]:
-    """``image_id -> [activations of layer 0, layer 1, ...]`` for the images in ``entry_keys``.
+                          entry_keys: dict[str, str], log: Callable[[str], None]) -> tuple[dict[str, Measured], dict]:
+    """``image_id -> Measured`` (summaries and peaks per layer) for the images in ``entry_keys``.
 
     ``dataset(ids)`` gives a Ray dataset of (image_id, data) rows for the images not in the cache.
     """
@@ -54,10 +67,13 @@ def generated_activations(config: Any, layers: list[Any], layout: Any, dataset: 
     cache = ContentCache(layout.cache, "generated_activations", activation_schema(), config.output.storage_options)
     found = cache.lookup(keys.values())
     widths = np.cumsum([0] + [len(layer.neurons) for layer in layers])
+    total = int(widths[-1])
 
-    def split(vector: Any) -> list[np.ndarray]:
+    def split(vector: Any) -> Measured:
+        # A cached vector is every layer's summaries, then every layer's peaks.
         flat = np.asarray(vector, dtype=np.float32)
-        return [flat[widths[i]:widths[i + 1]] for i in range(len(layers))]
+        spans = [slice(widths[i], widths[i + 1]) for i in range(len(layers))]
+        return Measured([flat[span] for span in spans], [flat[total:][span] for span in spans])
 
     out = {image: split(found[key]["acts"]) for image, key in keys.items() if key in found}
     missing = set(keys) - set(out)
@@ -71,7 +87,8 @@ def generated_activations(config: Any, layers: list[Any], layout: Any, dataset: 
             ProbeActivations,
             fn_constructor_kwargs={"target_config": config.target.model_dump(mode="json"),
                                    "layers": [l.name for l in layers],
-                                   "neurons": [l.neurons for l in layers], "summary": config.step1.summary},
+                                   "neurons": [l.neurons for l in layers], "summary": config.step1.summary,
+                                   "peaks": True},
             batch_size=config.target.batch_size, **_pool_kwargs(config.target),
         )
         with cache.writer() as writer:
@@ -80,8 +97,11 @@ def generated_activations(config: Any, layers: list[Any], layout: Any, dataset: 
                     image = str(image)
                     if image not in keys:
                         continue
-                    per_layer = [np.asarray(batch[f"act_{li}"][i], dtype=np.float32) for li in range(len(layers))]
-                    out[image] = per_layer
-                    writer.add({"key": keys[image], "acts": np.concatenate(per_layer).tolist()})
+                    measured = Measured(
+                        [np.asarray(batch[f"act_{li}"][i], dtype=np.float32) for li in range(len(layers))],
+                        [np.asarray(batch[f"peak_{li}"][i], dtype=np.float32) for li in range(len(layers))])
+                    out[image] = measured
+                    vector = np.concatenate(measured.summaries + measured.peaks)
+                    writer.add({"key": keys[image], "acts": vector.tolist()})
     log(f"step 3: {len(keys)} generated images through the target model ({len(keys) - len(missing)} from cache)")
     return out, {"target_forward_images": len(missing), "cache": cache.stats.as_dict()}

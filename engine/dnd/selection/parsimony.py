@@ -9,17 +9,23 @@ activations Step 3 already has:
 
 * A candidate is **nested** in another when its content words are a strict subset of the other's
   ("red" in "red circle"; "striped" in "diagonally striped").
-* A candidate's **lift** on an image is its activation above the neuron's floor on Step 3's
-  images: its mean activation on the least related concept it was shown (the label's own
-  sub-phrases, generated for this test, usually include one: "circle" for "red circle").
+* The neuron is measured by its **peak**, the maximum of its activation map on the image (the
+  value itself for a layer without maps), not by the run's spatial-mean summary: the mean grows
+  with the drawn object's area, so "red" images, whose shape is often smaller than a circle, kept
+  only about half of "red circle"'s mean and sat at the threshold, while their peaks keep all of it.
+* A candidate's **lift** on an image is its peak above the neuron's floor on Step 3's images:
+  the mean peak on the least related concept it was shown (the label's own sub-phrases, generated
+  for this test, usually include one: "circle" for "red circle").
 * Step 3 draws every concept's i-th image from the same seed, so image i of "red" and image i of
-  "red circle" share their layout. The **share** of a nested candidate is the median, over such
-  pairs, of its image's lift divided by the label's. The selected label gives way to a nested
-  candidate whose share is at least ``min_share``. For a red detector, "red" images keep nearly
-  all of "red circle"'s lift (less only where the shape drawn instead is smaller than a circle);
-  "circle" images are red one time in eight, so the median pair keeps nothing. Likewise "striped"
-  for a diagonal-stripes detector: two pairs in three get another orientation. A true conjunction
-  ("orange diagonally striped" detector) keeps little in either part and stays.
+  "red circle" share their layout. The **share** of a nested candidate is the lower quartile, over
+  such pairs, of its image's lift divided by the label's: the sub-phrase must keep the label's
+  lift on three pairs in four, not on the median one. For a red detector, "red" images keep all
+  of "red circle"'s lift; "circle" images are red one time in eight and keep nothing. "Striped"
+  for a horizontal-stripes detector is drawn horizontal one time in three: on ten images the
+  median pair kept the lift about one time in five (five or more horizontal draws), the lower
+  quartile almost never (eight or more). A true conjunction ("orange diagonally striped"
+  detector) keeps little in either part and stays. The selected label gives way to a nested
+  candidate whose share is at least ``min_share``.
 
 Lifts also decide which other candidates join the multiple labels of appendix A.7: a candidate
 is a label of its own only when its mean lift is at least ``min_share`` of the label's, and it is
@@ -81,8 +87,9 @@ def lifts(activations: Sequence[np.ndarray], baseline: float) -> np.ndarray:
 
 
 def paired_share(label: np.ndarray, other: np.ndarray, baseline: float) -> float:
-    """Median over image pairs (same index, same seed) of ``other``'s lift over ``label``'s, on the
-    pairs where both images exist and the label's image lifts the neuron; NaN without such pairs."""
+    """Lower quartile (linear interpolation) over image pairs (same index, same seed) of ``other``'s
+    lift over ``label``'s, on the pairs where both images exist and the label's image lifts the
+    neuron; NaN without such pairs."""
     a = np.asarray(label, dtype=np.float64).ravel() - baseline
     b = np.asarray(other, dtype=np.float64).ravel() - baseline
     n = min(a.size, b.size)
@@ -90,7 +97,7 @@ def paired_share(label: np.ndarray, other: np.ndarray, baseline: float) -> float
     usable = np.isfinite(a) & np.isfinite(b) & (a > 0)
     if not usable.any():
         return float("nan")
-    return float(np.median(b[usable] / a[usable]))
+    return float(np.percentile(b[usable] / a[usable], 25))
 
 
 def sub_phrases(label: str, limit: int = 8) -> list[str]:
@@ -115,7 +122,7 @@ def _check(candidates: Sequence[str], activations: Sequence[np.ndarray], baselin
     if len(activations) != len(candidates):
         raise ConfigError(f"activations must hold one array per candidate concept ({len(candidates)}); got {len(activations)}")
     if not isinstance(baseline, (int, float, np.integer, np.floating)) or isinstance(baseline, bool):
-        raise ConfigError(f"baseline must be the neuron's mean probe activation (a number); got {baseline!r}")
+        raise ConfigError(f"baseline must be the neuron's floor on Step 3's images (a number); got {baseline!r}")
 
 
 def simplest_sufficient(
@@ -123,8 +130,8 @@ def simplest_sufficient(
 ) -> tuple[int, float | None]:
     """The candidate to report instead of ``candidates[best]``, and its share of the label's lift.
 
-    ``activations[j][i]`` is the neuron's activation on candidate j's i-th generated image (NaN
-    where it was refused) and ``baseline`` the neuron's floor (module doc). Among the
+    ``activations[j][i]`` is the neuron's peak on candidate j's i-th generated image (NaN where it
+    was refused) and ``baseline`` the neuron's floor (module doc). Among the
     candidates nested in the selected one whose :func:`paired_share` is at least ``min_share``, the
     one with the fewest content words wins (ties: the larger share, then the earlier candidate).
     Returns ``(best, None)`` when none qualifies or when ``baseline`` is NaN.

@@ -113,6 +113,7 @@ def run_selection(config: Any, step1: Any, rows: list[dict[str, Any]], layout: A
     layer_index = {layer.name: i for i, layer in enumerate(step1.layers)}
     position = [{n: p for p, n in enumerate(layer.neurons)} for layer in step1.layers]
     values: list[dict[str, float]] = [dict() for _ in active]  # per neuron: generated image -> activation
+    peaks: list[dict[str, float]] = [dict() for _ in active]  # per neuron: generated image -> map peak
 
     def measure(us: "range | set[int]") -> tuple[int, dict]:
         """The target model on every usable generated image of concepts ``us`` (cached per image, so
@@ -136,9 +137,10 @@ def run_selection(config: Any, step1: Any, rows: list[dict[str, Any]], layout: A
 
         per_image, target_counts = generated_activations(
             config, step1.layers, layout, unseen, {image: generated.entry_keys[image] for image in owner}, log)
-        for image, per_layer in per_image.items():
+        for image, measured in per_image.items():
             for r, li, p in needs.get(owner[image], ()):
-                values[r][image] = float(per_layer[li][p])
+                values[r][image] = float(measured.summaries[li][p])
+                peaks[r][image] = float(measured.peaks[li][p])
         return target_counts["target_forward_images"], target_counts["cache"]
 
     # ---- the target model on every usable generated image, once --------------------------------
@@ -257,7 +259,7 @@ def run_selection(config: Any, step1: Any, rows: list[dict[str, Any]], layout: A
     for r, row in enumerate(active):
         candidates = row["candidates"]
         names = [c["concept"] for c in candidates]
-        per_candidate = []
+        per_candidate = []  # per candidate: the neuron's map peak on each of its generated images
         for candidate in candidates:
             made = generated.images[candidate["_u"]]
             # Image i of every concept has the same seed: NaN keeps refused images' places so that
@@ -271,16 +273,17 @@ def run_selection(config: Any, step1: Any, rows: list[dict[str, Any]], layout: A
             candidate.setdefault("scores", {name: None for name in SCORE_NAMES})
             candidate.setdefault("score", None)
             candidate.setdefault("sub_phrase", False)
-            per_candidate.append(acts)
+            per_candidate.append(np.array([peaks[r].get(image, np.nan) if refused is None else np.nan
+                                           for image, refused in made], dtype=np.float64))
             candidate.pop("_u", None)
         best = chosen_index[r]
         if best is None:
             row["label"] = names[0]
             row["labels"] = [names[0]]
             continue
-        # The neuron's floor on Step 3's images: its mean on the least related concept it was shown
-        # (sub-phrases such as "circle" of "red circle" usually supply one).
-        means = [c["mean_activation"] for c in candidates if c["mean_activation"] is not None]
+        # The neuron's floor on Step 3's images: its mean peak on the least related concept it was
+        # shown (sub-phrases such as "circle" of "red circle" usually supply one).
+        means = [float(np.nanmean(p)) for p in per_candidate if np.isfinite(p).any()]
         baseline = float(min(means)) if means else float("nan")
         if parsimony is not None:
             best, _share = simplest_sufficient(names, best, per_candidate, baseline, parsimony)
