@@ -232,9 +232,11 @@ def run_step1(config: Any, layers: list[LayerPlan], read_tasks: list[Any], layou
                     source = probe[int(parent, 16)].source
                     ref = ""
                 else:
+                    info = probe[key]
                     if batch["error"][row]:
                         skip_counts["unreadable on second read"] += 1
-                    info = probe[key]
+                        if len(skipped["unreadable on second read"]) < MAX_NAMED_SKIPS:
+                            skipped["unreadable on second read"].append(f"{info.ref}: {batch['error'][row]}")
                     source, ref, made_for = info.source, info.ref, []
                 records.append({
                     "image_id": identifier, "kind": kind, "parent_id": parent, "box": box,

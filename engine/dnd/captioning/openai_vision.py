@@ -6,18 +6,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import os
-import random
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from dnd.backends import positive_int
 from dnd.captioning.base import CAPTIONERS
 from dnd.captioning.cleanup import decoded_caption
-from dnd.concepts.base import Usage
 from dnd.errors import ConfigError
+from dnd.openai_compat import ChatCaller, RetryPolicy, read_api_key
+from dnd.usage import Usage
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -28,20 +26,16 @@ DEFAULT_PROMPT = (
     "Write a one-sentence caption for this image that names its main objects, their colours and "
     "the scene. Answer with the caption only."
 )
-#: Statuses worth asking again: request timeout, conflict, rate limit, and any server error.
-_RETRY_STATUSES = frozenset({408, 409, 429})
-#: Longest wait between two attempts, whatever the backoff or the server's Retry-After says.
-_MAX_DELAY_S = 60.0
 
 
 @CAPTIONERS.register("openai-vision")
 class OpenAIVisionCaptioner:
     """One caption per image, each image sent as a PNG data URL in its own chat request.
 
-    Requests run ``max_concurrency`` at a time. Rate limits, server errors, timeouts and dropped
-    connections are retried here (the client's own retries are off, so that every retry is counted)
-    with exponential backoff from ``backoff_s``, or after the server's Retry-After when it sends one.
-    An image whose request still fails gets the caption "" and an entry in :attr:`errors`.
+    Requests run ``max_concurrency`` at a time. Key, timeout and retries (``max_retries``,
+    ``backoff_s``, ``backoff_cap_s``) follow the one policy of :mod:`dnd.openai_compat`, which the
+    summarizer shares. An image whose request still fails gets the caption "" and an entry in
+    :attr:`errors`.
     """
 
     def __init__(
@@ -56,6 +50,7 @@ class OpenAIVisionCaptioner:
         temperature: float = 0.0,
         max_tokens: int = 60,
         backoff_s: float = 1.0,
+        backoff_cap_s: float = 30.0,
     ):
         if not isinstance(model, str) or not model.strip():
             raise ConfigError(f"model must name a vision-capable chat model such as 'gpt-4o', got {model!r}")
@@ -65,35 +60,29 @@ class OpenAIVisionCaptioner:
         self.max_tokens = positive_int("max_tokens", max_tokens)
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise ConfigError(f"max_retries must be an integer ≥ 0, got {max_retries!r}")
-        for name, value in (("timeout_s", timeout_s), ("temperature", temperature), ("backoff_s", backoff_s)):
+        for name, value in (("timeout_s", timeout_s), ("temperature", temperature), ("backoff_s", backoff_s),
+                            ("backoff_cap_s", backoff_cap_s)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ConfigError(f"{name} must be a number ≥ 0, got {value!r}")
         if timeout_s == 0:
             raise ConfigError("timeout_s must be greater than 0, got 0")
-        if not isinstance(api_key_env, str) or not api_key_env:
-            raise ConfigError(f"api_key_env must name an environment variable, got {api_key_env!r}")
-        api_key = os.environ.get(api_key_env)
-        if not api_key:
-            raise ConfigError(
-                f"the openai-vision captioner reads its API key from the environment variable "
-                f"{api_key_env!r}, which is not set; set it (any non-empty value for a local server "
-                f"that ignores keys) or name another variable with api_key_env"
-            )
+        api_key = read_api_key(api_key_env, "captioner 'openai-vision'")
         from openai import OpenAI
 
         self.model = model
         self.prompt = prompt
-        self.max_retries = max_retries
         self.temperature = float(temperature)
-        self.backoff_s = float(backoff_s)
-        self.timeout_s = float(timeout_s)
-        self._client = OpenAI(api_key=api_key, base_url=base_url, timeout=self.timeout_s, max_retries=0)
-        self.base_url = str(self._client.base_url)
+        # The endpoint as the client resolves it (OpenAI's when base_url is None) keys the cache.
+        resolver = OpenAI(api_key=api_key, base_url=base_url)
+        self.base_url = str(resolver.base_url)
+        resolver.close()
         self.usage = Usage()
+        self._caller = ChatCaller(api_key, base_url, float(timeout_s),
+                                  RetryPolicy(max_retries, float(backoff_s), float(backoff_cap_s)), self.usage)
         #: One entry per image that got no caption: ``{"index", "error", "attempts"}``; the index is
         #: the image's position in the :meth:`caption` call that failed it.
         self.errors: list[dict] = []
-        self._lock = threading.Lock()
+        self._errors_lock = threading.Lock()
 
         prompt_digest = hashlib.sha256(prompt.encode()).hexdigest()[:16]
         self.cache_key = (
@@ -109,8 +98,6 @@ class OpenAIVisionCaptioner:
             return list(pool.map(self._caption_one, range(len(images)), images))
 
     def _caption_one(self, index: int, image: "Image.Image") -> str:
-        import openai
-
         messages = [
             {
                 "role": "user",
@@ -120,31 +107,13 @@ class OpenAIVisionCaptioner:
                 ],
             }
         ]
-        attempts = 0
-        while True:
-            attempts += 1
-            self._count(requests=1)
-            try:
-                response = self._client.chat.completions.create(
-                    model=self.model,
-                    messages=messages,
-                    temperature=self.temperature,
-                    max_tokens=self.max_tokens,
-                )
-            except openai.OpenAIError as exc:
-                if not _retryable(exc) or attempts > self.max_retries:
-                    return self._fail(index, exc, attempts)
-                self._count(retries=1)
-                time.sleep(self._delay(attempts - 1, exc))
-                continue
-            return self._read(index, response, attempts)
+        outcome = self._caller.create(model=self.model, messages=messages, temperature=self.temperature,
+                                      max_tokens=self.max_tokens)
+        if outcome.response is None:
+            return self._fail(index, outcome.error or "no response", outcome.attempts)
+        return self._read(index, outcome.response, outcome.attempts)
 
     def _read(self, index: int, response: Any, attempts: int) -> str:
-        usage = getattr(response, "usage", None)
-        self._count(
-            prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
-            completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
-        )
         choices = getattr(response, "choices", None) or []
         message = choices[0].message if choices else None
         if message is None:
@@ -156,43 +125,11 @@ class OpenAIVisionCaptioner:
             return self._fail(index, "the model answered with an empty caption", attempts)
         return caption
 
-    def _fail(self, index: int, error: Any, attempts: int) -> str:
-        text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-        with self._lock:
-            self.usage.failures += 1
-            self.errors.append({"index": index, "error": text, "attempts": attempts})
+    def _fail(self, index: int, error: str, attempts: int) -> str:
+        self._caller.count(failures=1)
+        with self._errors_lock:
+            self.errors.append({"index": index, "error": error, "attempts": attempts})
         return ""
-
-    def _count(self, **increments: int) -> None:
-        with self._lock:
-            for name, amount in increments.items():
-                setattr(self.usage, name, getattr(self.usage, name) + amount)
-
-    def _delay(self, attempt: int, exc: Exception) -> float:
-        retry_after = _retry_after_s(exc)
-        if retry_after is not None:
-            return min(retry_after, _MAX_DELAY_S)
-        # Jitter spreads the retries of many concurrent requests that failed together.
-        return min(self.backoff_s * 2**attempt, _MAX_DELAY_S) * random.uniform(0.5, 1.0)
-
-
-def _retryable(exc: Exception) -> bool:
-    import openai
-
-    if isinstance(exc, openai.APIConnectionError):  # includes timeouts
-        return True
-    if isinstance(exc, openai.APIStatusError):
-        return exc.status_code in _RETRY_STATUSES or exc.status_code >= 500
-    return False
-
-
-def _retry_after_s(exc: Exception) -> float | None:
-    response = getattr(exc, "response", None)
-    value = response.headers.get("retry-after") if response is not None else None
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None  # an HTTP date; the backoff is a fine substitute
 
 
 def _png_data_url(image: "Image.Image") -> str:

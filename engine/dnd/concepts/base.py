@@ -7,10 +7,13 @@ Each returns one :class:`Answer` per input, so a failure touches only the neuron
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from dnd.registry import Registry
+from dnd.usage import Usage
+
+__all__ = ["Answer", "SUMMARIZERS", "Summarizer", "Usage"]
 
 
 @dataclass(frozen=True)
@@ -23,28 +26,6 @@ class Answer:
     @property
     def ok(self) -> bool:
         return self.text is not None and self.error is None
-
-
-@dataclass
-class Usage:
-    """Token and request counts, reported in ``_SUCCESS``."""
-
-    requests: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    retries: int = 0
-    failures: int = 0
-    extra: dict = field(default_factory=dict)
-
-    def as_dict(self) -> dict:
-        return {
-            "requests": self.requests,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "retries": self.retries,
-            "failures": self.failures,
-            **self.extra,
-        }
 
 
 @runtime_checkable

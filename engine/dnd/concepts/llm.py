@@ -4,7 +4,8 @@ The paper uses GPT-3.5 Turbo; the same client reaches OpenAI, vLLM, Ollama, llam
 other compatible servers by ``base_url``. Requests run in a bounded thread pool rather than on an
 asyncio loop: a pipeline actor, a Serve replica, a notebook cell (which already runs a loop) and a
 plain worker thread can all call ``simplify``/``summarize`` synchronously, with no loop to find or
-create. The client's own retries are off so that every retry is decided, delayed and counted here.
+create. Key, timeout and retries follow the one policy of :mod:`dnd.openai_compat`, which the
+vision captioner shares.
 
 Failures stay per item: one caption that gets a 400, or a reply with no label in it, yields a
 failed :class:`Answer` for that item only, and the call still returns an answer for every input.
@@ -15,27 +16,15 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
-import os
-import random
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dnd.concepts import parsing, prompts
 from dnd.concepts.base import SUMMARIZERS, Answer, Usage
 from dnd.errors import ConfigError
-
-if TYPE_CHECKING:  # pragma: no cover
-    import openai
+from dnd.openai_compat import ChatCaller, RetryPolicy, read_api_key, short
 
 log = logging.getLogger(__name__)
-
-#: Placeholder key for local servers that check none; the client refuses to start without one.
-NO_KEY = "not-needed"
-# HTTP statuses worth retrying: request timeout, conflict/lock, rate limit, and any server error.
-_RETRY_STATUSES = frozenset({408, 409, 429})
-_ERROR_TEXT_CHARS = 200
 
 
 def source_digest(module: Any) -> str:
@@ -66,12 +55,10 @@ class OpenAISummarizer:
     * ``max_tokens``: default 32, ample for a 1-5 word label and bounding a runaway reply.
     * ``max_concurrency``: requests in flight at once (default 8).
     * ``timeout_s``: per-request timeout in seconds (default 60).
-    * ``max_retries``: retries after the first attempt on 408/409/429/5xx, timeouts and
-      connection errors (default 5). Other 4xx and malformed responses fail at once: repeating
-      them cannot succeed.
-    * ``backoff_s``: base of the exponential backoff (default 1.0): before retry ``i`` (from 0)
-      wait ``d/2 + uniform(0, d/2)`` with ``d = backoff_s * 2**i``, or the server's Retry-After
-      if longer, never more than ``backoff_cap_s`` (default 30).
+    * ``max_retries``, ``backoff_s``, ``backoff_cap_s`` (defaults 5, 1.0, 30): the retry policy
+      of :mod:`dnd.openai_compat` (408/409/429/5xx, timeouts and connection errors are retried
+      with jittered exponential backoff, never sooner than the server's Retry-After; other 4xx
+      and malformed responses fail at once).
 
     ``usage``: ``requests`` counts HTTP requests sent (first attempts and retries), ``retries``
     the retries among them, ``failures`` the inputs whose answer failed; token counts come from
@@ -116,15 +103,16 @@ class OpenAISummarizer:
         self.backoff_s = _number("backoff_s", backoff_s, low=0.0)
         self.backoff_cap_s = _number("backoff_cap_s", backoff_cap_s, low=0.0)
         self.api_key_env = api_key_env
-        self._api_key = _read_api_key(api_key_env)
-
         self.cache_key = (
             f"openai:model={self.model}|base_url={self.base_url or 'default'}"
             f"|temperature={self.temperature:g}|max_tokens={self.max_tokens}"
             f"|prompts={source_digest(prompts)}|parser={source_digest(parsing)}"
         )
         self.usage = Usage(extra={"unparseable": 0})
-        self._setup_runtime()
+        self._caller = ChatCaller(
+            read_api_key(api_key_env, "summarizer 'openai'"), self.base_url, self.timeout_s,
+            RetryPolicy(self.max_retries, self.backoff_s, self.backoff_cap_s), self.usage,
+        )
 
     # -- the Summarizer protocol -------------------------------------------------------------
     def simplify(self, captions: list[str]) -> list[Answer]:
@@ -147,7 +135,7 @@ class OpenAISummarizer:
         import openai
 
         try:
-            self._client().chat.completions.create(
+            self._caller.client().chat.completions.create(
                 model=self.model,
                 messages=prompts.simplify_messages("a red car parked on a street"),
                 temperature=self.temperature,
@@ -157,55 +145,22 @@ class OpenAISummarizer:
             if exc.status_code in (401, 403, 404):
                 raise ConfigError(
                     f"summarizer endpoint {self.base_url or 'OpenAI'} rejected model {self.model!r} "
-                    f"with HTTP {exc.status_code}: {_short(exc.message)}; check model, base_url and "
+                    f"with HTTP {exc.status_code}: {short(exc.message)}; check model, base_url and "
                     f"the key in {self.api_key_env}"
                 ) from None
         except openai.APIConnectionError as exc:
             raise ConfigError(
-                f"summarizer endpoint {self.base_url or 'OpenAI'} is unreachable: {_short(str(exc))}; "
+                f"summarizer endpoint {self.base_url or 'OpenAI'} is unreachable: {short(str(exc))}; "
                 "check base_url"
             ) from None
 
     def close(self) -> None:
-        with self._lock:
-            if self._openai is not None:
-                self._openai.close()
-                self._openai = None
+        self._caller.close()
 
     def __repr__(self) -> str:  # the key stays out of logs
         return f"OpenAISummarizer({self.cache_key})"
 
-    # Ray may ship the summarizer to an actor: drop what cannot be pickled and rebuild it there.
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        for name in ("_lock", "_openai", "_rng"):
-            state.pop(name, None)
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._setup_runtime()
-
     # -- internals ---------------------------------------------------------------------------
-    def _setup_runtime(self) -> None:
-        self._lock = threading.Lock()
-        self._openai: "openai.OpenAI | None" = None
-        # Jitter only spreads retries out; it never changes an answer, so it need not be seeded.
-        self._rng = random.Random()
-
-    def _client(self) -> "openai.OpenAI":
-        with self._lock:
-            if self._openai is None:
-                import openai
-
-                self._openai = openai.OpenAI(
-                    api_key=self._api_key,
-                    base_url=self.base_url,
-                    timeout=self.timeout_s,
-                    max_retries=0,
-                )
-            return self._openai
-
     def _run(self, calls: list, items: list) -> list[Answer]:
         if not items:
             return []
@@ -226,111 +181,24 @@ class OpenAISummarizer:
         return self._ask(prompts.summarize_messages([c for c in captions if c.strip()]))
 
     def _ask(self, messages: list[dict[str, str]]) -> Answer:
-        """One chat completion with retries; never raises for a per-request problem."""
-        import openai
-
-        client = self._client()
-        last_error = ""
-        for attempt in range(self.max_retries + 1):
-            with self._lock:
-                self.usage.requests += 1
-                if attempt:
-                    self.usage.retries += 1
-            try:
-                response = client.chat.completions.create(
-                    model=self.model,
-                    messages=messages,
-                    temperature=self.temperature,
-                    max_tokens=self.max_tokens,
-                )
-            except (openai.APIConnectionError, openai.APIStatusError) as exc:
-                status = getattr(exc, "status_code", None)
-                last_error = _describe(exc)
-                retryable = status is None or status in _RETRY_STATUSES or status >= 500
-                if not retryable:
-                    return self._fail(last_error)
-                if attempt < self.max_retries:
-                    delay = self._backoff(attempt, exc)
-                    log.debug("LLM request failed (%s); retry %d in %.2fs", last_error, attempt + 1, delay)
-                    time.sleep(delay)
-                continue
-            except Exception as exc:  # noqa: BLE001 - a malformed body must fail one item, not the run
-                detail = f"{type(exc).__name__}: {_short(str(exc))}"
-                return self._fail(f"malformed response from endpoint: {detail}")
-            return self._read(response)
-        return self._fail(f"gave up after {self.max_retries + 1} attempts: {last_error}")
-
-    def _read(self, response: Any) -> Answer:
-        usage = getattr(response, "usage", None)
-        with self._lock:
-            if usage is not None:
-                self.usage.prompt_tokens += int(getattr(usage, "prompt_tokens", 0) or 0)
-                self.usage.completion_tokens += int(getattr(usage, "completion_tokens", 0) or 0)
-        choices = getattr(response, "choices", None) or []
+        """One chat completion with the policy's retries; never raises for a per-request problem."""
+        outcome = self._caller.create(model=self.model, messages=messages, temperature=self.temperature,
+                                      max_tokens=self.max_tokens)
+        if outcome.response is None:
+            return self._fail(outcome.error or "no response")
+        choices = getattr(outcome.response, "choices", None) or []
         reply = choices[0].message.content if choices and choices[0].message else None
         label = parsing.parse_concept(reply)
         if label is None:
-            with self._lock:
+            with self._caller.lock:
                 self.usage.extra["unparseable"] = self.usage.extra.get("unparseable", 0) + 1
-            return self._fail(f"unparseable reply: {_short(repr(reply))}")
+            return self._fail(f"unparseable reply: {short(repr(reply))}")
         return Answer(label)
 
     def _fail(self, error: str) -> Answer:
-        with self._lock:
-            self.usage.failures += 1
+        self._caller.count(failures=1)
         log.warning("summarizer request failed: %s", error)
         return Answer(None, error=error)
-
-    def _backoff(self, attempt: int, exc: Exception) -> float:
-        step = self.backoff_s * (2**attempt)
-        with self._lock:
-            delay = step / 2 + self._rng.uniform(0, step / 2)
-        return min(max(delay, _retry_after(exc)), self.backoff_cap_s)
-
-
-def _read_api_key(api_key_env: Any) -> str:
-    if api_key_env is None or (isinstance(api_key_env, str) and api_key_env.strip().lower() == "none"):
-        return NO_KEY
-    if not isinstance(api_key_env, str) or not api_key_env.strip():
-        raise ConfigError(
-            f"summarizer 'openai' option api_key_env must name an environment variable (or be "
-            f"'none' for a server without keys), got {api_key_env!r}"
-        )
-    key = os.environ.get(api_key_env.strip(), "").strip()
-    if not key:
-        raise ConfigError(
-            f"summarizer 'openai' reads its API key from the environment variable {api_key_env!r}, "
-            "which is not set; set it, or set api_key_env: none for a local server that needs no key"
-        )
-    return key
-
-
-def _retry_after(exc: Exception) -> float:
-    """Seconds the server asked us to wait (Retry-After / retry-after-ms), 0 when it did not."""
-    response = getattr(exc, "response", None)
-    headers = getattr(response, "headers", None)
-    if headers is None:
-        return 0.0
-    try:
-        if headers.get("retry-after-ms"):
-            return max(float(headers["retry-after-ms"]) / 1000.0, 0.0)
-        if headers.get("retry-after"):
-            return max(float(headers["retry-after"]), 0.0)
-    except (TypeError, ValueError):
-        pass  # an HTTP-date Retry-After: our own backoff applies
-    return 0.0
-
-
-def _describe(exc: Exception) -> str:
-    status = getattr(exc, "status_code", None)
-    if status is not None:
-        return f"HTTP {status}: {_short(getattr(exc, 'message', str(exc)))}"
-    return f"{type(exc).__name__}: {_short(str(exc))}"
-
-
-def _short(text: str) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= _ERROR_TEXT_CHARS else text[: _ERROR_TEXT_CHARS - 3] + "..."
 
 
 def _integer(name: str, value: Any, *, low: int) -> int:

@@ -74,13 +74,19 @@ class GenerateActor:
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         prompts = [str(p) for p in batch["prompt"]]
         seeds = [int(s) for s in batch["seed"]]
-        try:
-            from dnd.models.oom import halving_on_oom
+        from dnd.errors import ConfigError, DndError
+        from dnd.models.oom import halving_on_oom, is_out_of_memory
 
+        try:
             # Out of memory: the batch is halved and retried; only then are its requests refused.
             results = halving_on_oom(lambda part: list(self.generator.generate(part["prompt"], part["seed"])),
                                      {"prompt": prompts, "seed": seeds})
-        except Exception as exc:  # one bad batch must not sink the run: every request in it is refused
+        except Exception as exc:
+            # A request the generator could not serve (out of memory even alone, a remote deployment
+            # that answered an error) refuses this batch's images, counted with the reason; a bug in
+            # a backend or a wrong option fails the stage loudly instead of hiding as refusals.
+            if not (is_out_of_memory(exc) or (isinstance(exc, DndError) and not isinstance(exc, ConfigError))):
+                raise
             results = None
             failure = f"generator failed: {type(exc).__name__}: {exc}"
         datas, refusals = [], []

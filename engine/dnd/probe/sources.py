@@ -206,25 +206,30 @@ def _read_file(source: str, ref: str, storage_options: dict | None) -> dict[str,
         return {"source": source, "ref": ref, "data": None, "error": f"unreadable file ({exc})"}
 
 
-def read_refs(refs: list[str], storage_options: dict | None = None) -> list[bytes | None]:
-    """Bytes of each reference (None where unreadable); Parquet rows are fetched per file."""
-    out: list[bytes | None] = [None] * len(refs)
+def read_refs(refs: list[str], storage_options: dict | None = None) -> list[tuple[bytes | None, str]]:
+    """``(bytes, "")`` for each reference, or ``(None, reason)`` where it cannot be read; Parquet
+    rows are fetched per file."""
+    out: list[tuple[bytes | None, str]] = [(None, "")] * len(refs)
     by_file: dict[tuple[str, str], list[tuple[int, int]]] = defaultdict(list)
     for i, ref in enumerate(refs):
         if ref.startswith(SCHEME):
-            out[i] = render_ref(ref)
+            out[i] = (render_ref(ref), "")
         elif ROW_MARK in ref:
             uri, row, column = split_parquet_ref(ref)
             by_file[(uri, column)].append((i, row))
         else:
-            out[i] = _read_file("", ref, storage_options)["data"]
+            read = _read_file("", ref, storage_options)
+            out[i] = (read["data"], "") if read["data"] else (None, read["error"] or "empty file")
     for (uri, column), items in by_file.items():
         try:
             found = _read_parquet_rows(uri, column, [row for _, row in items], storage_options)
-        except Exception:
+        except Exception as exc:  # any failure to open or decode the file: each of its rows says why
+            for i, _ in items:
+                out[i] = (None, f"unreadable Parquet file ({exc})")
             continue
         for i, row in items:
-            out[i] = found.get(row)
+            data = found.get(row)
+            out[i] = (data, "") if data else (None, "empty or non-bytes image cell")
     return out
 
 
