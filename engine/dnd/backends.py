@@ -1,7 +1,15 @@
-"""Built-in backend registration and the options every model backend shares (device, dtype).
+"""Backend registration and the options every model backend shares (device, dtype).
 
-A backend registers itself when its module is imported; importing them all here, on demand, keeps
-``import dnd`` fast while letting the pipeline and the Serve deployments look any backend up by name.
+A backend registers itself in its family's registry when its module is imported. Which modules hold
+backends is declared as entry points of the group ``dnd.backends`` (dnd's own in ``pyproject.toml``),
+so the core names none of them, and a third party adds a captioner, generator, embedder, summarizer
+or probe renderer with a pip package of its own and no edit to dnd:
+
+    [project.entry-points."dnd.backends"]
+    my-captioner = "my_package.captioner"
+
+Importing them all here, on demand, keeps ``import dnd`` fast while letting the pipeline and the
+Serve deployments look any backend up by name.
 """
 
 from __future__ import annotations
@@ -15,41 +23,34 @@ from dnd.errors import ConfigError
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-#: Backends of this package that must always be importable.
-_BUILTIN_MODULES = (
-    "dnd.captioning.hf",
-    "dnd.captioning.openai_vision",
-    "dnd.generation.diffusers_backend",
-    "dnd.selection.clip",
-    "dnd.serve.client",
-)
-#: Backends written alongside; a module that does not exist (yet) is skipped.
-_OPTIONAL_MODULES = (
-    "dnd.concepts.llm",
-    "dnd.concepts.extractive",
-    "dnd.synthetic.captioner",
-    "dnd.synthetic.generator",
-    "dnd.synthetic.embedder",
-)
+#: The entry-point group whose entries name modules that register backends.
+ENTRY_POINT_GROUP = "dnd.backends"
 
 _loaded = False
 
 
-def load_builtin_backends() -> None:
-    """Import every built-in backend module so that it registers itself. Safe to call repeatedly."""
+def load_backends() -> None:
+    """Import every module of the ``dnd.backends`` entry points so that its backends register
+    themselves. Safe to call repeatedly. A module that fails to import is named with its package."""
     global _loaded
     if _loaded:
         return
-    for name in _BUILTIN_MODULES:
-        importlib.import_module(name)
-    for name in _OPTIONAL_MODULES:
+    from importlib.metadata import entry_points
+
+    found = list(entry_points(group=ENTRY_POINT_GROUP))
+    if not found:
+        raise ConfigError(
+            f"no dnd backends are registered (entry-point group {ENTRY_POINT_GROUP!r} is empty): dnd must be "
+            "installed as a package (pip install -e . in a checkout) for its backends to be found"
+        )
+    for entry in sorted(found, key=lambda e: e.name):
         try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            # Only the module's own absence is tolerated; a missing dependency inside an existing
-            # backend is a real error and must not silently remove the backend.
-            if exc.name != name:
-                raise
+            importlib.import_module(entry.value.split(":")[0])
+        except ImportError as exc:
+            package = entry.dist.name if entry.dist is not None else "an unknown package"
+            raise ConfigError(
+                f"backend module {entry.value!r} (entry point {entry.name!r} of {package}) cannot be imported: {exc}"
+            ) from exc
     _loaded = True
 
 

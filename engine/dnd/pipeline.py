@@ -1,6 +1,6 @@
 """The one place that knows the order of the stages of a run.
 
-validate (model, layers, neurons, probe, output, keys) → Step 1 (top-K + attention crops) →
+validate (model, layers, neurons, probe, output, keys) → Step 1 (pass A: top-K; pass B: attention crops) →
 Step 2A (captions) → Step 2B (candidate concepts) → Step 3 (generation, scoring, labels) →
 neurons/ Parquet → _SUCCESS (written last).
 """
@@ -15,6 +15,14 @@ from typing import Any, Callable
 
 from dnd.config import RunConfig, load_config, resolve_neurons
 from dnd.errors import ConfigError
+from dnd.stage_errors import named_stage
+
+#: How a failed stage is named to the user (by the function that runs it).
+STAGE_NAMES = {
+    "step2a_captions": "step 2A (captions)",
+    "step2b_concepts": "step 2B (candidate concepts)",
+    "step3_selection": "step 3 (generation and selection)",
+}
 
 
 def _log_to_stderr(message: str) -> None:
@@ -23,9 +31,9 @@ def _log_to_stderr(message: str) -> None:
 
 def plan_layers(config: RunConfig) -> list[Any]:
     """Build the target once on the driver to check layers and neuron ranges before any Ray work."""
-    from dnd.activations.step1 import LayerPlan
     from dnd.models.recorder import layer_sizes, resolve_layers
     from dnd.models.target import build_target
+    from dnd.records import LayerPlan
 
     target = build_target(config.target.model, config.target.weights, config.target.checkpoint, config.target.options)
     resolve_layers(target.module, config.layers)
@@ -93,13 +101,13 @@ def dissect(config: Any, log: Callable[[str], None] | None = None, overwrite: bo
     A URI holding an unfinished (or finished) run of the same config is resumed: Step 1's checkpoint
     and the caches answer for what was done. A different config there is refused unless ``overwrite``.
     """
-    from dnd.backends import load_builtin_backends
+    from dnd.backends import load_backends
     from dnd.probe.sources import plan_reads
     from dnd.results import Results
     from dnd.store.layout import RunLayout
 
     log = log or _log_to_stderr
-    load_builtin_backends()
+    load_backends()
     config = load_config(config, [f"{k}={v}" for k, v in overrides.items()]) if not isinstance(config, RunConfig) or overrides else config
     started = time.time()
     # Storage first: a missing bucket or bad credentials must fail before any model is built.
@@ -107,18 +115,18 @@ def dissect(config: Any, log: Callable[[str], None] | None = None, overwrite: bo
     layout.check_writable()
     layers = plan_layers(config)
     read_tasks, source_counts = plan_reads(config.probe)
+    stages = build_later_stages(config)
     from dnd.store.runstate import claim
 
+    # Claimed only once every check has passed: a config with a typo leaves the URI untouched.
     run_state = claim(layout, config, overwrite, log)
-    stages = build_later_stages(config)
     log(
         f"dissecting {config.target.model} layers {[f'{l.name} ({len(l.neurons)} neurons)' for l in layers]} "
         f"on {sum(source_counts.values())} probe images -> {config.output.uri}"
     )
     init_ray(config)
 
-    from dnd.activations.step1 import run_step1
-    from dnd.store.checkpoint import load_step1, save_step1, step1_digest
+    from dnd.activations.checkpoint import load_step1, save_step1, step1_digest
 
     step1_key = step1_digest(config)
     step1 = load_step1(layout, step1_key)
@@ -126,7 +134,8 @@ def dissect(config: Any, log: Callable[[str], None] | None = None, overwrite: bo
     if step1_resumed:
         log("step 1: finished by an earlier attempt of this run; top-K and crops loaded from its checkpoint")
     else:
-        step1 = run_step1(config, layers, read_tasks, layout, log)
+        with named_stage("step 1"):
+            step1 = run_step1(config, layers, read_tasks, layout, log)
         save_step1(layout, step1_key, step1)
     rows = assemble_rows(step1)
     counts = dict(step1.counts)
@@ -134,7 +143,8 @@ def dissect(config: Any, log: Callable[[str], None] | None = None, overwrite: bo
     extra: dict[str, Any] = {}
     for stage in stages:
         stage_started = time.time()
-        stage_counts = stage(config, step1, rows, layout, log)
+        with named_stage(STAGE_NAMES.get(stage.__name__, stage.__name__)):
+            stage_counts = stage(config, step1, rows, layout, log)
         timings[f"{stage.__name__}_s"] = time.time() - stage_started
         extra.update(stage_counts or {})
 
@@ -167,6 +177,36 @@ def dissect(config: Any, log: Callable[[str], None] | None = None, overwrite: bo
     return Results(config.output.uri, config.output.storage_options)
 
 
+def run_step1(config: RunConfig, layers: list[Any], read_tasks: list[Any], layout: Any,
+              log: Callable[[str], None]) -> Any:
+    """Step 1: pass A (every probe image, streaming top-K), then pass B (the top-K images read back
+    once each, attention crops cut and scored), the crops merged into the final top-K as they come."""
+    from dnd.activations.step1 import CropMerger, crop_requests, run_pass_a
+    from dnd.cropping.stage import run_pass_b
+    from dnd.records import Step1Result
+
+    step1 = config.step1
+    found = run_pass_a(config, layers, read_tasks, log)
+    merger = CropMerger(layers, found.topk, step1.top_k, step1.linear_crops, step1.crop_scope)
+    requests = crop_requests(layers, found.topk, found.probe, step1.linear_crops)
+    cropped = run_pass_b(config, layers, found.probe, requests, layout, merger.add)
+    for ref, error in cropped.unreadable:
+        found.skip("unreadable on second read", f"{ref}: {error}")
+    log(f"step 1: {len(found.probe)} top images re-read once each, {cropped.crop_count} attention crops scored")
+    counts = {
+        "images_read": found.images_read,
+        "images_used": found.images_used,
+        "images_skipped": dict(found.skip_counts),
+        "images_per_source": found.per_source,
+        "top_images_unique": len(found.probe),
+        "crops": cropped.crop_count,
+        "target_forward_images": found.images_used + len(found.probe) + cropped.crop_count,
+    }
+    timings = {"step1_activations_s": found.seconds, "step1_crops_s": cropped.seconds}
+    return Step1Result(layers, merger.finish(), found.probe, cropped.crops, dict(merger.crop_activations), counts,
+                       {k: v for k, v in found.skipped.items()}, timings)
+
+
 def model_calls(step1: Any, step1_resumed: bool, extra: dict[str, Any]) -> dict[str, int]:
     """Inputs each model family computed in this attempt (cache misses), for ``_SUCCESS``."""
 
@@ -192,15 +232,21 @@ def build_later_stages(config: RunConfig) -> list[Callable[..., Any]]:
         return []
     from dnd.captioning.base import CAPTIONERS
     from dnd.captioning.stage import run_captions
+    from dnd.concepts.base import SUMMARIZERS
     from dnd.concepts.stage import build_summarizer, run_concepts
     from dnd.generation.base import GENERATORS
-    from dnd.registry import preflight_backend
+    from dnd.registry import check_options, preflight_backend
     from dnd.selection.embedder import EMBEDDERS
     from dnd.selection.scoring import IMAGE_PRODUCT_FUNCTIONS
-    from dnd.selection.stage import label_without_selection, run_selection
+    from dnd.selection.stage import label_without_selection
 
+    # Every backend's options are checked here, on the driver: a typo is one line now, not a
+    # traceback from an actor constructor once Ray has started the stage.
     CAPTIONERS.get(config.captioner.backend)
+    check_options(CAPTIONERS, config.captioner, "captioner")
     preflight_backend(CAPTIONERS, config.captioner)
+    SUMMARIZERS.get(config.summarizer.backend)
+    check_options(SUMMARIZERS, config.summarizer, "summarizer")
     summarizer = build_summarizer(config)
 
     def step2a_captions(config, step1, rows, layout, log):
@@ -212,17 +258,16 @@ def build_later_stages(config: RunConfig) -> list[Callable[..., Any]]:
     stages = [step2a_captions, step2b_concepts]
     if config.selection.enabled:
         GENERATORS.get(config.generator.backend)
+        check_options(GENERATORS, config.generator, "generator")
         preflight_backend(GENERATORS, config.generator)
         if config.selection.embedder is not None:
             EMBEDDERS.get(config.selection.embedder.backend)
+            check_options(EMBEDDERS, config.selection.embedder, "selection.embedder")
         elif config.selection.scoring in IMAGE_PRODUCT_FUNCTIONS:
             raise ConfigError(
                 f"selection.scoring {config.selection.scoring!r} needs CLIP image embeddings, but selection.embedder "
                 f"is null; set an embedder or choose scoring 'mean' or 'topk_squared'"
             )
-
-        def step3_selection(config, step1, rows, layout, log):
-            return run_selection(config, step1, rows, layout, log)
 
         stages.append(step3_selection)
     else:
@@ -233,6 +278,35 @@ def build_later_stages(config: RunConfig) -> list[Callable[..., Any]]:
 
         stages.append(step3_off)
     return stages
+
+
+def step3_selection(config: RunConfig, step1: Any, rows: list[dict[str, Any]], layout: Any,
+              log: Callable[[str], None]) -> dict[str, Any]:
+    """Step 3 in order: generate → measure → embed → score → (parsimony: generate, measure and embed
+    the labels' sub-phrases) → label. Returns its counts for ``_SUCCESS``."""
+    from dnd.generation.stage import generated_dataset, run_generation
+    from dnd.selection import stage as step3
+
+    state = step3.start(rows)
+    if state is None:
+        return {}
+
+    def generate(concepts: list[str]) -> tuple[Any, dict]:
+        return run_generation(config, concepts, layout, log)
+
+    def generated_images() -> Any:
+        return generated_dataset(layout, state.generated, config.output.storage_options)
+
+    state.generated, generation_counts = generate(state.concepts)
+    state.counts.update(generation_counts)
+    step3.measure_generated(config, step1, state, layout, generated_images, log)
+    if config.selection.embedder is not None:
+        step3.embed(config, state, layout, generated_images, log)
+    step3.score(config, state)
+    if config.selection.parsimony_share is not None:
+        step3.parsimony_round(config, step1, state, layout, generate, generated_images, log)
+    step3.label(config, state)
+    return state.counts
 
 
 def assemble_rows(step1: Any) -> list[dict[str, Any]]:

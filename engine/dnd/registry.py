@@ -55,9 +55,9 @@ def build_stage_backend(registry: Registry[Any], stage: Any) -> Any:
     The stage's ``device`` applies unless the backend's own options name one; ``auto`` resolves to
     the GPU only when the stage asked Ray for one, so CPU actors never grab a visible GPU.
     """
-    from dnd.backends import load_builtin_backends
+    from dnd.backends import load_backends
 
-    load_builtin_backends()
+    load_backends()
     options = dict(stage.options)
     if "device" not in options and getattr(stage, "device", None) and _accepts(registry.get(stage.backend), "device"):
         device = stage.device
@@ -85,11 +85,66 @@ def backend_identity(registry: Registry[Any], stage: Any) -> str:
     """What identifies a backend's outputs beyond its config and code, for cache keys: "" for a
     backend that computes them itself; for a client of a remote model (the ``serve`` backends), the
     remote model's own identity, from the factory's ``cache_identity(**options)``."""
-    from dnd.backends import load_builtin_backends
+    from dnd.backends import load_backends
 
-    load_builtin_backends()
+    load_backends()
     identity = getattr(registry.get(stage.backend), "cache_identity", None)
     return str(identity(**stage.options)) if callable(identity) else ""
+
+
+def options_model(registry: Registry[Any], name: str) -> Any:
+    """A pydantic model of backend ``name``'s options, read from its factory's signature: every
+    keyword parameter is an option with its annotated type and default. The signature is the one
+    declaration; range checks stay in the factory. Extra keys are forbidden."""
+    import inspect
+    import typing
+
+    import pydantic
+
+    factory = registry.get(name)
+    target = factory.__init__ if inspect.isclass(factory) else factory
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:  # an annotation only importable under TYPE_CHECKING: check names, not types
+        hints = {}
+    fields: dict[str, Any] = {}
+    for parameter in inspect.signature(factory).parameters.values():
+        if parameter.kind in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL):
+            continue
+        default = ... if parameter.default is inspect.Parameter.empty else parameter.default
+        fields[parameter.name] = (hints.get(parameter.name, Any), default)
+    config = pydantic.ConfigDict(extra="forbid", strict=True, arbitrary_types_allowed=True)
+    return pydantic.create_model(f"{registry.family.title().replace(' ', '')}{name.title()}Options",
+                                 __config__=config, **fields)
+
+
+def check_options(registry: Registry[Any], stage: Any, section: str) -> None:
+    """Validate ``stage.options`` for ``stage.backend`` on the driver, before any Ray work: an unknown
+    option or a value of the wrong type is one ConfigError naming the option, the backend and the
+    valid options (``section`` is where the options sit in the run config, e.g. "captioner")."""
+    import pydantic
+
+    from dnd.backends import load_backends
+
+    load_backends()
+    model = options_model(registry, stage.backend)
+    options = dict(stage.options)
+    if "device" not in options and "device" in model.model_fields and getattr(stage, "device", None):
+        options["device"] = stage.device
+    try:
+        model.model_validate(options)
+    except pydantic.ValidationError as exc:
+        valid = ", ".join(sorted(model.model_fields))
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"])
+            if error["type"] == "extra_forbidden":
+                problems.append(f"unknown option {where!r}")
+            else:
+                problems.append(f"option {where!r} = {error.get('input')!r}: {error['msg'].lower()}")
+        raise ConfigError(
+            f"{section}.options for {registry.family} {stage.backend!r}: {'; '.join(problems)}; its options are {valid}"
+        ) from None
 
 
 def preflight_backend(registry: Registry[Any], stage: Any) -> None:
@@ -106,9 +161,9 @@ def backend_code_digest(registry: Registry[Any], name: str) -> str:
     import hashlib
     import inspect
 
-    from dnd.backends import load_builtin_backends
+    from dnd.backends import load_backends
 
-    load_builtin_backends()
+    load_backends()
     factory = registry.get(name)
     try:
         source = inspect.getsource(inspect.getmodule(factory))

@@ -17,14 +17,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dnd.backends import load_builtin_backends
+from dnd.backends import load_backends
 from dnd.captioning.base import CAPTIONERS, Captioner
 from dnd.errors import ConfigError, DndError
 from dnd.generation.base import GENERATORS, PROMPT_TEMPLATE, Generator
 from dnd.selection.embedder import EMBEDDERS, Embedder
 from dnd.tiny import TINY_WORDS
 
-load_builtin_backends()
+load_backends()
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "white": (250, 250, 250)}
 
@@ -53,10 +53,10 @@ def test_builtin_backends_register_once_and_reload_is_harmless(monkeypatch):
     import dnd.backends
     import dnd.captioning.hf
 
-    load_builtin_backends()
+    load_backends()
     # Force the loader through its imports again (the flag would make a second call a no-op).
     monkeypatch.setattr(dnd.backends, "_loaded", False)
-    load_builtin_backends()
+    load_backends()
     assert dnd.backends._loaded
     assert "hf" in CAPTIONERS.names() and "openai-vision" in CAPTIONERS.names()
     assert "diffusers" in GENERATORS.names()

@@ -195,7 +195,7 @@ def test_step3_peaks_are_map_maxima_and_do_not_grow_with_area(model):
     must not shrink when the same red is drawn smaller."""
     import io
 
-    from dnd.activations.actors import ProbeActivations, prepare_encoded
+    from dnd.models.actors import ProbeActivations, prepare_encoded
 
     red = PLANTED_NEURONS.index(next(n for n in PLANTED_NEURONS if n.concepts == ("red",)))
     rng = np.random.default_rng(5)

@@ -95,11 +95,11 @@ def tiny_smoke_options():
 @pytest.fixture(scope="module")
 def local_models(tiny_smoke_options):
     """The backends the pipeline would build for examples/smoke.yaml, in this process."""
-    from dnd.backends import load_builtin_backends
+    from dnd.backends import load_backends
     from dnd.captioning.base import CAPTIONERS
     from dnd.generation.base import GENERATORS
 
-    load_builtin_backends()
+    load_backends()
     captioner_options, generator_options = tiny_smoke_options
     return (CAPTIONERS.create("hf", device="cpu", **captioner_options),
             GENERATORS.create("diffusers", device="cpu", **generator_options))

@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 
-from dnd.activations.step1 import CropInfo, LayerPlan, ProbeImage, Step1Result
+from dnd.activations.checkpoint import load_step1, save_step1, step1_digest
 from dnd.activations.topk import StreamingTopK
 from dnd.config import load_config
 from dnd.errors import ConfigError, StorageError
 from dnd.models.oom import halving_on_oom
+from dnd.records import CropInfo, LayerPlan, ProbeImage, Step1Result
 from dnd.store.cache import ContentCache
-from dnd.store.checkpoint import load_step1, save_step1, step1_digest
 from dnd.store.layout import RunLayout
 from dnd.store.runstate import claim, config_digest
 

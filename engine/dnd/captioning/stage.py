@@ -9,6 +9,7 @@ from typing import Any, Callable
 import numpy as np
 
 from dnd.store.cache import ContentCache, content_key
+from dnd.store.images import stored_images
 
 
 def captioner_key(stage: Any) -> str:
@@ -58,24 +59,10 @@ class CaptionActor:
         return {"image_id": batch["image_id"], "caption": np.array([tidy(c or "") for c in captions], dtype=object)}
 
 
-def _keep_ids(batch: dict[str, Any], wanted: list[str]) -> dict[str, Any]:
-    mask = np.isin(batch["image_id"].astype(str), np.asarray(wanted, dtype=str))
-    return {name: values[mask] for name, values in batch.items()}
-
-
-def stored_images(layout: Any, ids: set[str], columns: list[str] | None = None):
-    """A Ray dataset of this run's stored top images and crops restricted to ``ids``."""
-    from dnd.store.layout import ray_parquet
-
-    parts = sorted(f for f in layout.fs.find(layout.images) if f.endswith(".parquet"))
-    dataset = ray_parquet(layout.fs, parts, columns=columns or ["image_id", "data"])
-    return dataset.map_batches(_keep_ids, fn_kwargs={"wanted": sorted(ids)}, batch_format="numpy", num_cpus=0.25)
-
-
 def run_captions(config: Any, step1: Any, rows: list[dict[str, Any]], layout: Any, log: Callable[[str], None]) -> dict:
     import ray
 
-    from dnd.activations.step1 import _pool_kwargs
+    from dnd.models.pools import actor_pool_options
 
     stage = config.captioner
     started = time.time()
@@ -92,7 +79,7 @@ def run_captions(config: Any, step1: Any, rows: list[dict[str, Any]], layout: An
             CaptionActor,
             fn_constructor_kwargs={"stage_config": stage.model_dump(mode="json")},
             batch_size=stage.batch_size,
-            **_pool_kwargs(stage),
+            **actor_pool_options(stage),
         )
         with cache.writer() as writer:
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):

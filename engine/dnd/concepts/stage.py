@@ -28,10 +28,10 @@ def answer_schema():
 
 
 def build_summarizer(config: Any) -> Any:
-    from dnd.backends import load_builtin_backends
+    from dnd.backends import load_backends
     from dnd.concepts.base import SUMMARIZERS
 
-    load_builtin_backends()
+    load_backends()
     return SUMMARIZERS.create(config.summarizer.backend, **config.summarizer.options)
 
 

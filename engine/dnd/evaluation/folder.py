@@ -110,12 +110,12 @@ def logits(target: Any, folder: LabelledFolder, batch_size: int = 64) -> Any:
     import numpy as np
     import torch
 
-    from dnd.models.recorder import _first_tensor
+    from dnd.models.recorder import first_tensor
 
     parts = []
     with torch.inference_mode():
         for batch in _batches(folder, target, batch_size):
-            parts.append(_first_tensor(target.forward(batch)).float().cpu().numpy())
+            parts.append(first_tensor(target.forward(batch)).float().cpu().numpy())
     return np.concatenate(parts)
 
 

@@ -11,11 +11,11 @@ import hashlib
 import io
 import json
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 
+from dnd.records import GeneratedSet
 from dnd.store.cache import ContentCache, content_key
 
 
@@ -48,18 +48,6 @@ def image_seed(run_seed: int, index: int) -> int:
     compares concepts on paired images rather than on two unrelated samples of ten."""
     digest = hashlib.sha256(f"{run_seed}|{index}".encode()).digest()
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
-
-
-@dataclass
-class GeneratedSet:
-    """The generated images of every unique concept: ``images[u]`` lists (image_id, refused reason)."""
-
-    concepts: list[str]
-    images: list[list[tuple[str, str | None]]] = field(default_factory=list)
-    entry_keys: dict[str, str] = field(default_factory=dict)  # image_id -> cache key
-
-    def usable(self, u: int) -> list[str]:
-        return [image for image, refused in self.images[u] if refused is None]
 
 
 class GenerateActor:
@@ -115,7 +103,7 @@ def generated_image_id(entry_key: str) -> str:
 def run_generation(config: Any, concepts: list[str], layout: Any, log: Callable[[str], None]) -> tuple[GeneratedSet, dict]:
     import ray
 
-    from dnd.activations.step1 import _pool_kwargs
+    from dnd.models.pools import actor_pool_options
 
     stage = config.generator
     started = time.time()
@@ -142,7 +130,7 @@ def run_generation(config: Any, concepts: list[str], layout: Any, log: Callable[
             GenerateActor,
             fn_constructor_kwargs={"stage_config": stage.model_dump(mode="json"), "image_format": config.output.image_format},
             batch_size=stage.batch_size,
-            **_pool_kwargs(stage),
+            **actor_pool_options(stage),
         )
         with cache.writer() as writer:
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
@@ -172,7 +160,7 @@ def generated_dataset(layout: Any, generated: GeneratedSet, storage_options: dic
 
     wanted = {generated.entry_keys[i]: i for u in range(len(generated.concepts)) for i in generated.usable(u)}
     cache = ContentCache(layout.cache, "generated", generated_schema(), storage_options)
-    parts = cache._parts()
+    parts = cache.parts()
     fs, _ = url_to_fs(layout.cache, storage_options)
     dataset = ray_parquet(fs, parts, columns=["key", "data"])
     return dataset.map_batches(_select_generated, fn_kwargs={"wanted": wanted}, batch_format="numpy", num_cpus=0.25)

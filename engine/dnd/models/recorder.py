@@ -26,7 +26,7 @@ def resolve_layers(module: Any, layers: list[str]) -> dict[str, Any]:
     return found
 
 
-def _first_tensor(output: Any):
+def first_tensor(output: Any):
     import torch
 
     if isinstance(output, torch.Tensor):
@@ -36,9 +36,9 @@ def _first_tensor(output: Any):
         if isinstance(value, torch.Tensor):
             return value
     if isinstance(output, (tuple, list)) and output:
-        return _first_tensor(output[0])
+        return first_tensor(output[0])
     if isinstance(output, dict) and output:
-        return _first_tensor(next(iter(output.values())))
+        return first_tensor(next(iter(output.values())))
     return None
 
 
@@ -58,7 +58,7 @@ class LayerRecorder:
 
         def hook_for(name: str):
             def hook(_module, _inputs, output):
-                tensor = _first_tensor(output)
+                tensor = first_tensor(output)
                 if tensor is None:
                     raise ConfigError(f"layer {name!r} returned {type(output).__name__}, not a tensor")
                 captured[name] = tensor.detach()
@@ -138,7 +138,7 @@ def layer_sizes(target: Any, layers: list[str] | None = None) -> dict[str, tuple
             sub = module.get_submodule(name)
 
             def hook(_m, _i, output, name=name):
-                tensor = _first_tensor(output)
+                tensor = first_tensor(output)
                 if tensor is not None:
                     captured.setdefault(name, tensor.detach())
 

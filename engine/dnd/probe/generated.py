@@ -18,15 +18,12 @@ SCHEME = "gen://"
 
 PROBE_RENDERERS: Registry[Callable[[int, int, int], bytes]] = Registry("generated probe renderer")
 
-#: Renderers that live in other modules, imported on first use (also inside Ray workers).
-_RENDERER_MODULES = {"planted": "dnd.synthetic.probe"}
-
-
 def renderer(name: str) -> Callable[[int, int, int], bytes]:
-    if name not in PROBE_RENDERERS.names() and name in _RENDERER_MODULES:
-        import importlib
+    if name not in PROBE_RENDERERS.names():
+        # Renderers of other modules register when the backends load (also inside Ray workers).
+        from dnd.backends import load_backends
 
-        importlib.import_module(_RENDERER_MODULES[name])
+        load_backends()
     return PROBE_RENDERERS.get(name)
 
 

@@ -45,7 +45,7 @@ def _code_digest() -> str:
     import hashlib
     import inspect
 
-    import dnd.activations.actors as actors
+    import dnd.models.actors as actors
     import dnd.models.target as target
 
     source = inspect.getsource(actors) + inspect.getsource(target)
@@ -58,8 +58,8 @@ def generated_activations(config: Any, layers: list[Any], layout: Any, dataset: 
 
     ``dataset(ids)`` gives a Ray dataset of (image_id, data) rows for the images not in the cache.
     """
-    from dnd.activations.actors import ProbeActivations, prepare_encoded
-    from dnd.activations.step1 import _pool_kwargs
+    from dnd.models.actors import ProbeActivations, prepare_encoded
+    from dnd.models.pools import actor_pool_options
     from dnd.models.target import build_target
 
     model_key = target_pass_key(config, layers)
@@ -89,7 +89,7 @@ def generated_activations(config: Any, layers: list[Any], layout: Any, dataset: 
                                    "layers": [l.name for l in layers],
                                    "neurons": [l.neurons for l in layers], "summary": config.step1.summary,
                                    "peaks": True},
-            batch_size=config.target.batch_size, **_pool_kwargs(config.target),
+            batch_size=config.target.batch_size, **actor_pool_options(config.target),
         )
         with cache.writer() as writer:
             for batch in acts.iter_batches(batch_size=None, batch_format="numpy"):

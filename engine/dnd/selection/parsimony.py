@@ -104,7 +104,7 @@ def sub_phrases(label: str, limit: int = 8) -> list[str]:
     """The shorter phrases inside ``label`` that Step 3 generates to test whether every word is
     needed: contiguous runs of its words that neither start nor end with a stopword ("white",
     "checkered square" of "white checkered square"), fewest words first, at most ``limit``."""
-    from dnd.concepts.extractive import candidate_phrases, words
+    from dnd.phrases import candidate_phrases, words
 
     whole = concept_words(label)
     phrases = [p for p in candidate_phrases(label, max(1, len(words(label)) - 1)) if concept_words(p) < whole]

@@ -1,4 +1,7 @@
-"""Step 3, second half: activations and CLIP embeddings of the generated images, then scoring.
+"""Step 3's sub-stages after generation: measure, embed, score, parsimony, label.
+
+``pipeline.py`` runs them in that order on one :class:`Step3` state, and hands in the generation
+step (``generation/``) as callables, so this package never imports another step.
 
 Every generated image goes through the target model once, for all neurons of all layers; each
 neuron keeps only the activations of its own candidates' images (N x Q values), so driver memory
@@ -10,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -63,7 +67,7 @@ class EmbedActor:
 def _embed(config: Any, layout: Any, dataset: Any, keys: dict[str, str], log: Callable[[str], None],
            what: str, tally: dict[str, int] | None = None) -> dict[str, np.ndarray]:
     """Embeddings for ``keys`` (item -> cache key): cached ones, plus ``dataset``'s rows for the rest."""
-    from dnd.activations.step1 import _pool_kwargs
+    from dnd.models.pools import actor_pool_options
 
     stage = config.selection.embedder
     cache = ContentCache(layout.cache, "embeddings", embedding_schema(), config.output.storage_options)
@@ -73,7 +77,7 @@ def _embed(config: Any, layout: Any, dataset: Any, keys: dict[str, str], log: Ca
     if missing:
         embedded = dataset(missing).map_batches(
             EmbedActor, fn_constructor_kwargs={"stage_config": stage.model_dump(mode="json")},
-            batch_size=stage.batch_size, **_pool_kwargs(stage),
+            batch_size=stage.batch_size, **actor_pool_options(stage),
         )
         with cache.writer() as writer:
             for batch in embedded.iter_batches(batch_size=None, batch_format="numpy"):
@@ -88,116 +92,150 @@ def _embed(config: Any, layout: Any, dataset: Any, keys: dict[str, str], log: Ca
     return out
 
 
-def run_selection(config: Any, step1: Any, rows: list[dict[str, Any]], layout: Any, log: Callable[[str], None]) -> dict:
-    import ray
+@dataclass
+class Step3:
+    """Step 3's working state, handed from one sub-stage to the next by ``pipeline.py``.
 
-    from dnd.captioning.stage import stored_images
-    from dnd.generation.stage import generated_dataset, run_generation
-    from dnd.selection.dedupe import concept_key, unique_concepts
+    ``active`` are the neurons with candidates (their rows, filled in place); ``concepts`` the run's
+    unique candidate concepts, and ``units[r][j]`` the index in it of row r's candidate j; ``generated`` the
+    generator's images of each concept (a :class:`dnd.records.GeneratedSet`); ``values`` and
+    ``peaks`` per neuron the summary activation and the map peak on each of its candidates' images;
+    ``chosen`` per neuron the index of the candidate the scoring function picked.
+    """
 
-    started = time.time()
+    active: list[dict[str, Any]]
+    concepts: list[str]
+    units: list[list[int]] = field(default_factory=list)
+    counts: dict[str, Any] = field(default_factory=dict)
+    generated: Any = None
+    values: list[dict[str, float]] = field(default_factory=list)
+    peaks: list[dict[str, float]] = field(default_factory=list)
+    image_emb: dict[str, np.ndarray] = field(default_factory=dict)
+    text_emb: dict[str, np.ndarray] = field(default_factory=dict)
+    chosen: list[int | None] = field(default_factory=list)
+    started: float = field(default_factory=time.time)
+
+
+def start(rows: list[dict[str, Any]]) -> Step3 | None:
+    """The neurons Step 3 labels and the unique concepts to generate; None when no neuron has a
+    candidate. Candidates repeated within one neuron (same text up to case/space) are scored once."""
+    from dnd.selection.dedupe import unique_concepts
+
     active = [r for r in rows if r["status"] == "ok" and r["candidates"]]
     if not active:
-        return {}
-    # Candidates repeated within one neuron (same text up to case/space) are scored once.
+        return None
     concepts, index = unique_concepts([[c["concept"] for c in r["candidates"]] for r in active])
+    units = []
     for row, positions in zip(active, index):
-        kept, seen = [], set()
+        kept, mine = [], []
         for candidate, u in zip(row["candidates"], positions):
-            if u not in seen:
-                seen.add(u)
-                kept.append({**candidate, "_u": u})
+            if u not in mine:
+                mine.append(u)
+                kept.append(dict(candidate))
         row["candidates"] = kept
-    generated, counts = run_generation(config, concepts, layout, log)
+        units.append(mine)
+    n = len(active)
+    return Step3(active, concepts, units, values=[{} for _ in range(n)], peaks=[{} for _ in range(n)],
+                 chosen=[None] * n)
 
+
+def measure(config: Any, step1: Any, state: Step3, layout: Any, us: "range | set[int]",
+            generated_images: Callable[[], Any], log: Callable[[str], None]) -> tuple[int, dict]:
+    """The target model on every usable generated image of concepts ``us`` (cached per image, so a
+    resumed run sends only unseen ones); each neuron keeps its own candidates' activations and peaks.
+    ``generated_images()`` is a dataset (image_id, data) of the run's usable generated images.
+    Returns (images sent through the target, cache counts)."""
+    from dnd.selection.generated_activations import generated_activations
+
+    generated = state.generated
+    owner = {image: u for u in us for image in generated.usable(u)}
+    if not owner:
+        return 0, {}
     layer_index = {layer.name: i for i, layer in enumerate(step1.layers)}
     position = [{n: p for p, n in enumerate(layer.neurons)} for layer in step1.layers]
-    values: list[dict[str, float]] = [dict() for _ in active]  # per neuron: generated image -> activation
-    peaks: list[dict[str, float]] = [dict() for _ in active]  # per neuron: generated image -> map peak
+    needs: dict[int, list[tuple[int, int, int]]] = defaultdict(list)  # u -> (row, layer, position)
+    for r, row in enumerate(state.active):
+        li = layer_index[row["layer"]]
+        for u in state.units[r]:
+            if u in us:
+                needs[u].append((r, li, position[li][row["neuron"]]))
 
-    def measure(us: "range | set[int]") -> tuple[int, dict]:
-        """The target model on every usable generated image of concepts ``us`` (cached per image, so
-        a resumed run sends only unseen ones); each neuron keeps its own candidates' activations.
-        Returns (images sent through the target, cache counts)."""
-        owner = {image: u for u in us for image in generated.usable(u)}
-        if not owner:
-            return 0, {}
-        from dnd.selection.generated_activations import generated_activations
+    def unseen(ids: set[str]):
+        return generated_images().map_batches(_keep, fn_kwargs={"wanted": sorted(ids)}, batch_format="numpy")
 
-        needs: dict[int, list[tuple[int, int, int]]] = defaultdict(list)  # u -> (row, layer, position)
-        for r, row in enumerate(active):
-            li = layer_index[row["layer"]]
-            for candidate in row["candidates"]:
-                if candidate["_u"] in us:
-                    needs[candidate["_u"]].append((r, li, position[li][row["neuron"]]))
+    per_image, target_counts = generated_activations(
+        config, step1.layers, layout, unseen, {image: generated.entry_keys[image] for image in owner}, log)
+    for image, measured in per_image.items():
+        for r, li, p in needs.get(owner[image], ()):
+            state.values[r][image] = float(measured.summaries[li][p])
+            state.peaks[r][image] = float(measured.peaks[li][p])
+    return target_counts["target_forward_images"], target_counts["cache"]
 
-        def unseen(ids: set[str]):
-            return generated_dataset(layout, generated, config.output.storage_options).map_batches(
-                _keep, fn_kwargs={"wanted": sorted(ids)}, batch_format="numpy")
 
-        per_image, target_counts = generated_activations(
-            config, step1.layers, layout, unseen, {image: generated.entry_keys[image] for image in owner}, log)
-        for image, measured in per_image.items():
-            for r, li, p in needs.get(owner[image], ()):
-                values[r][image] = float(measured.summaries[li][p])
-                peaks[r][image] = float(measured.peaks[li][p])
-        return target_counts["target_forward_images"], target_counts["cache"]
-
-    # ---- the target model on every usable generated image, once --------------------------------
-    forward, cache_counts = measure(range(len(concepts)))
-    counts["generation"]["target_forward_images"] = forward
+def measure_generated(config: Any, step1: Any, state: Step3, layout: Any, generated_images: Callable[[], Any],
+                      log: Callable[[str], None]) -> None:
+    """The target model on every usable generated image of the first round, once."""
+    forward, cache_counts = measure(config, step1, state, layout, range(len(state.concepts)), generated_images, log)
+    state.counts["generation"]["target_forward_images"] = forward
     if cache_counts:
-        counts["generation"]["target_cache"] = cache_counts
+        state.counts["generation"]["target_cache"] = cache_counts
 
-    # ---- CLIP embeddings: neurons' top images, generated images, candidate texts -------------
-    stage = config.selection.embedder
-    image_emb: dict[str, np.ndarray] = {}
-    text_emb: dict[str, np.ndarray] = {}
-    embed_tally = counts.setdefault("embeddings", {"cache": {}})["cache"] if stage is not None else {}
 
-    def embed_texts(texts: set[str]) -> None:
-        model_key = embedder_key(stage)
-        text_emb.update(_embed(
-            config, layout, lambda items: ray.data.from_items([{"text": t} for t in sorted(items)]),
-            {t: content_key(model_key, "text", t) for t in texts}, log, "candidate concepts", embed_tally,
-        ))
+def _embed_tally(state: Step3) -> dict[str, int]:
+    return state.counts.setdefault("embeddings", {"cache": {}})["cache"]
 
-    if stage is not None:
-        model_key = embedder_key(stage)
-        top_ids = {t["image_id"] for r in active for t in r["top_images"]}
-        gen_ids = {image for u in range(len(concepts)) for image in generated.usable(u)}
 
-        def images_to_embed(ids: set[str]):
-            # One pass (one actor pool) for the neurons' top images and the generated images.
-            stored = stored_images(layout, ids & top_ids)
-            made = generated_dataset(layout, generated, config.output.storage_options).map_batches(
-                _keep, fn_kwargs={"wanted": sorted(ids & gen_ids)}, batch_format="numpy")
-            return stored.union(made)
+def embed_texts(config: Any, state: Step3, layout: Any, texts: set[str], log: Callable[[str], None]) -> None:
+    """CLIP text embeddings of candidate concepts (cached), into ``state.text_emb``."""
+    import ray
 
-        image_emb = _embed(
-            config, layout, images_to_embed,
-            {i: content_key(model_key, "image", i) for i in top_ids | gen_ids}, log, "top and generated images", embed_tally,
-        )
-        embed_texts({c["concept"] for r in active for c in r["candidates"]})
+    model_key = embedder_key(config.selection.embedder)
+    state.text_emb.update(_embed(
+        config, layout, lambda items: ray.data.from_items([{"text": t} for t in sorted(items)]),
+        {t: content_key(model_key, "text", t) for t in texts}, log, "candidate concepts", _embed_tally(state),
+    ))
 
-    # ---- the paper's scores and choice per neuron ----------------------------------------------
+
+def embed(config: Any, state: Step3, layout: Any, generated_images: Callable[[], Any], log: Callable[[str], None]) -> None:
+    """CLIP embeddings of the neurons' top images, the generated images and the candidate texts."""
+    from dnd.store.images import stored_images
+
+    model_key = embedder_key(config.selection.embedder)
+    top_ids = {t["image_id"] for r in state.active for t in r["top_images"]}
+    gen_ids = {image for u in range(len(state.concepts)) for image in state.generated.usable(u)}
+
+    def images_to_embed(ids: set[str]):
+        # One pass (one actor pool) for the neurons' top images and the generated images.
+        stored = stored_images(layout, ids & top_ids)
+        made = generated_images().map_batches(_keep, fn_kwargs={"wanted": sorted(ids & gen_ids)}, batch_format="numpy")
+        return stored.union(made)
+
+    tally = _embed_tally(state)
+    state.image_emb = _embed(
+        config, layout, images_to_embed,
+        {i: content_key(model_key, "image", i) for i in top_ids | gen_ids}, log, "top and generated images", tally,
+    )
+    embed_texts(config, state, layout, {c["concept"] for r in state.active for c in r["candidates"]}, log)
+
+
+def score(config: Any, state: Step3) -> None:
+    """The paper's scoring functions (A.1.4) for every candidate, and each neuron's choice."""
     from dnd.selection.scoring import score_all, select_best
 
-    chosen_index: list[int | None] = [None] * len(active)
-    for r, row in enumerate(active):
+    for r, row in enumerate(state.active):
         candidates = row["candidates"]
         image_ids, concept_of = [], []
-        for j, candidate in enumerate(candidates):
-            usable = [i for i in generated.usable(candidate["_u"]) if i in values[r]]
+        for j, u in enumerate(state.units[r]):
+            usable = [i for i in state.generated.usable(u) if i in state.values[r]]
             image_ids.extend(usable)
             concept_of.extend([j] * len(usable))
-        activations = np.array([values[r][i] for i in image_ids], dtype=np.float64)
+        activations = np.array([state.values[r][i] for i in image_ids], dtype=np.float64)
         top_emb = gen_emb = None
-        if stage is not None:
-            tops = [image_emb[t["image_id"]] for t in row["top_images"] if t["image_id"] in image_emb]
-            if tops and all(i in image_emb for i in image_ids):
+        if config.selection.embedder is not None:
+            tops = [state.image_emb[t["image_id"]] for t in row["top_images"] if t["image_id"] in state.image_emb]
+            if tops and all(i in state.image_emb for i in image_ids):
                 top_emb = np.stack(tops)
-                gen_emb = np.stack([image_emb[i] for i in image_ids]) if image_ids else np.zeros((0, tops[0].shape[0]))
+                gen_emb = np.stack([state.image_emb[i] for i in image_ids]) if image_ids else np.zeros((0, tops[0].shape[0]))
         scores = score_all(activations, np.asarray(concept_of, dtype=np.int64), len(candidates), top_emb, gen_emb,
                            beta=config.selection.beta, t=config.selection.top_t)
         chosen = scores[config.selection.scoring]
@@ -209,62 +247,72 @@ def run_selection(config: Any, step1: Any, rows: list[dict[str, Any]], layout: A
             # fall back to the paper's Step-3-free label, the first summary's candidate.
             row["error"] = _join(row["error"], "warning: no generated image could score the candidates; label is the first summary")
             continue
-        chosen_index[r] = select_best(chosen, [c["concept"] for c in candidates])
+        state.chosen[r] = select_best(chosen, [c["concept"] for c in candidates])
 
-    # ---- parsimony: the label's own sub-phrases are generated and measured too -----------------
-    parsimony = config.selection.parsimony_share
-    if parsimony is not None:
-        from dnd.selection.parsimony import sub_phrases
 
-        known = {concept_key(c): u for u, c in enumerate(concepts)}
-        first_new = len(concepts)
-        attached: set[int] = set()  # concepts that became some neuron's sub-phrase candidates
-        for r, row in enumerate(active):
-            if chosen_index[r] is None:
+def parsimony_round(config: Any, step1: Any, state: Step3, layout: Any,
+                    generate: Callable[[list[str]], tuple[Any, dict]], generated_images: Callable[[], Any],
+                    log: Callable[[str], None]) -> None:
+    """Attach each chosen label's sub-phrases as candidates; generate (``generate(concepts)`` returns
+    a GeneratedSet and its counts), measure and embed the ones the run has not seen yet."""
+    from dnd.selection.dedupe import concept_key
+    from dnd.selection.parsimony import sub_phrases
+
+    concepts = state.concepts
+    known = {concept_key(c): u for u, c in enumerate(concepts)}
+    first_new = len(concepts)
+    attached: set[int] = set()  # concepts that became some neuron's sub-phrase candidates
+    for r, row in enumerate(state.active):
+        if state.chosen[r] is None:
+            continue
+        mine = {concept_key(c["concept"]) for c in row["candidates"]}
+        for phrase in sub_phrases(row["candidates"][state.chosen[r]]["concept"]):
+            key = concept_key(phrase)
+            if key in mine:
                 continue
-            mine = {concept_key(c["concept"]) for c in row["candidates"]}
-            for phrase in sub_phrases(row["candidates"][chosen_index[r]]["concept"]):
-                key = concept_key(phrase)
-                if key in mine:
-                    continue
-                if key not in known:
-                    known[key] = len(concepts)
-                    concepts.append(phrase)
-                mine.add(key)
-                attached.add(known[key])
-                row["candidates"].append({"concept": phrase, "_u": known[key], "sub_phrase": True})
-        new = concepts[first_new:]
-        extra: dict[str, Any] = {"sub_phrases": len(attached), "new_concepts": len(new)}
-        if new:
-            more, more_counts = run_generation(config, new, layout, log)
-            generated.concepts = list(concepts)  # the first round's list, now with the sub-phrases
-            generated.images.extend(more.images)
-            generated.entry_keys.update(more.entry_keys)
-            extra["generation"] = more_counts["generation"]
-        if attached:
-            # A sub-phrase that was another neuron's candidate has images already; this neuron's
-            # activations on them come from the per-image cache.
-            forward, cache_counts = measure(attached)
-            extra["target_forward_images"] = forward
-            if cache_counts:
-                extra["target_cache"] = cache_counts
-            if stage is not None:
-                embed_texts({concepts[u] for u in attached})
-        counts["parsimony"] = extra
+            if key not in known:
+                known[key] = len(concepts)
+                concepts.append(phrase)
+            mine.add(key)
+            attached.add(known[key])
+            row["candidates"].append({"concept": phrase, "sub_phrase": True})
+            state.units[r].append(known[key])
+    new = concepts[first_new:]
+    extra: dict[str, Any] = {"sub_phrases": len(attached), "new_concepts": len(new)}
+    if new:
+        more, more_counts = generate(new)
+        state.generated.concepts = list(concepts)  # the first round's list, now with the sub-phrases
+        state.generated.images.extend(more.images)
+        state.generated.entry_keys.update(more.entry_keys)
+        extra["generation"] = more_counts["generation"]
+    if attached:
+        # A sub-phrase that was another neuron's candidate has images already; this neuron's
+        # activations on them come from the per-image cache.
+        forward, cache_counts = measure(config, step1, state, layout, attached, generated_images, log)
+        extra["target_forward_images"] = forward
+        if cache_counts:
+            extra["target_cache"] = cache_counts
+        if config.selection.embedder is not None:
+            embed_texts(config, state, layout, {concepts[u] for u in attached}, log)
+    state.counts["parsimony"] = extra
 
-    # ---- label and multiple labels per neuron --------------------------------------------------
+
+def label(config: Any, state: Step3) -> None:
+    """Each neuron's label (parsimony's choice when on) and multiple labels (A.7); candidates are
+    reported label first, then best score first."""
     from dnd.selection.multilabel import multiple_labels, text_similarity
     from dnd.selection.parsimony import simplest_sufficient, supported_labels
 
-    for r, row in enumerate(active):
+    parsimony = config.selection.parsimony_share
+    for r, row in enumerate(state.active):
         candidates = row["candidates"]
         names = [c["concept"] for c in candidates]
         per_candidate = []  # per candidate: the neuron's map peak on each of its generated images
-        for candidate in candidates:
-            made = generated.images[candidate["_u"]]
+        for candidate, u in zip(candidates, state.units[r]):
+            made = state.generated.images[u]
             # Image i of every concept has the same seed: NaN keeps refused images' places so that
             # parsimony can pair image i of one concept with image i of another.
-            acts = np.array([values[r].get(image, np.nan) if refused is None else np.nan for image, refused in made],
+            acts = np.array([state.values[r].get(image, np.nan) if refused is None else np.nan for image, refused in made],
                             dtype=np.float64)
             candidate["images"] = int(np.isfinite(acts).sum())
             reasons = sorted({reason for _, reason in made if reason})
@@ -273,10 +321,9 @@ def run_selection(config: Any, step1: Any, rows: list[dict[str, Any]], layout: A
             candidate.setdefault("scores", {name: None for name in SCORE_NAMES})
             candidate.setdefault("score", None)
             candidate.setdefault("sub_phrase", False)
-            per_candidate.append(np.array([peaks[r].get(image, np.nan) if refused is None else np.nan
+            per_candidate.append(np.array([state.peaks[r].get(image, np.nan) if refused is None else np.nan
                                            for image, refused in made], dtype=np.float64))
-            candidate.pop("_u", None)
-        best = chosen_index[r]
+        best = state.chosen[r]
         if best is None:
             row["label"] = names[0]
             row["labels"] = [names[0]]
@@ -292,21 +339,20 @@ def run_selection(config: Any, step1: Any, rows: list[dict[str, Any]], layout: A
         # sub-phrases the paper's function did not score take part only through parsimony.
         ranked = np.array([np.inf if j == best else (c["score"] if c["score"] is not None else np.nan)
                            for j, c in enumerate(candidates)], dtype=np.float64)
-        if text_emb and all(n in text_emb for n in names):
-            similarity = text_similarity(np.stack([text_emb[n] for n in names]))
+        if state.text_emb and all(n in state.text_emb for n in names):
+            similarity = text_similarity(np.stack([state.text_emb[n] for n in names]))
             labels = multiple_labels(names, ranked, similarity, config.selection.multilabel_similarity)
         else:
             labels = [names[best]]
         if config.selection.multilabel_share is not None:
-            kept = supported_labels(names, [names.index(label) for label in labels], per_candidate, baseline,
+            kept = supported_labels(names, [names.index(name) for name in labels], per_candidate, baseline,
                                     config.selection.multilabel_share)
             labels = [names[j] for j in kept]
         row["labels"] = labels
         # Candidates are reported label first, then best score first: the table reads as the ranking it is.
         order = sorted(range(len(candidates)), key=lambda j: (j != best, -(candidates[j]["score"] if candidates[j]["score"] is not None else -np.inf), j))
         row["candidates"] = [candidates[j] for j in order]
-    counts["selection"] = {"neurons_scored": len(active), "seconds": round(time.time() - started, 3)}
-    return counts
+    state.counts["selection"] = {"neurons_scored": len(state.active), "seconds": round(time.time() - state.started, 3)}
 
 
 def label_without_selection(rows: list[dict[str, Any]]) -> None:

@@ -80,10 +80,10 @@ class _ModelReplica:
     def _setup(self, registry: Any, config_class: type, args_class: type, spec: dict) -> None:
         import ray
 
-        from dnd.backends import load_builtin_backends
+        from dnd.backends import load_backends
         from dnd.registry import backend_code_digest, build_stage_backend
 
-        load_builtin_backends()
+        load_backends()
         self.spec = args_class.model_validate(spec)
         # Each subclass's @serve.batch method ``_batched`` takes its sizes from the deployment's args.
         self._batched.set_max_batch_size(self.spec.max_batch_size)
@@ -497,26 +497,31 @@ class Api:
 
 def build_app(args: dict | None = None) -> Any:
     """The application for ``serve run`` / ``serve deploy`` / ``dnd serve`` (``args`` from the config)."""
-    from dnd.backends import load_builtin_backends
+    from dnd.backends import load_backends
     from dnd.captioning.base import CAPTIONERS
     from dnd.generation.base import GENERATORS
 
     parsed: AppArgs = parse_args(args)
-    load_builtin_backends()
+    load_backends()
     # Unknown backend names fail here, at deploy time, not in a replica.
     captioner = generator = None
     if parsed.captioner is not None:
-        _check_model_backend(CAPTIONERS, "captioner", parsed.captioner.backend)
+        _check_model_backend(CAPTIONERS, "captioner", parsed.captioner)
         captioner = Captioner.bind(parsed.captioner.model_dump())
     if parsed.generator is not None:
-        _check_model_backend(GENERATORS, "generator", parsed.generator.backend)
+        _check_model_backend(GENERATORS, "generator", parsed.generator)
         generator = Generator.bind(parsed.generator.model_dump())
     return Api.bind(captioner, generator, parsed.model_dump())
 
 
-def _check_model_backend(registry: Any, family: str, name: str) -> None:
+def _check_model_backend(registry: Any, family: str, spec: Any) -> None:
+    """An unknown backend, an unknown or mistyped option, or a client of the deployments themselves
+    fails at deploy time with one line, not in a replica."""
     from dnd.errors import ConfigError
+    from dnd.registry import check_options
 
+    name = spec.backend
+    check_options(registry, spec, f"{family}")
     if getattr(registry.get(name), "calls_a_deployment", False):
         raise ConfigError(f"the Serve application's {family} cannot be the client backend {name!r} (it would call "
                           "itself); name a model backend such as hf, diffusers or synthetic")

@@ -49,7 +49,8 @@ class ContentCache:
         self.fs, base = url_to_fs(self.root, self.storage_options)
         self.path = join(base, self.name)
 
-    def _parts(self) -> list[str]:
+    def parts(self) -> list[str]:
+        """The table's Parquet part files (a reader of the whole table, e.g. a Ray dataset, reads these)."""
         if not self.fs.exists(self.path):
             return []
         return sorted(f for f in self.fs.find(self.path) if f.endswith(".parquet"))
@@ -65,7 +66,7 @@ class ContentCache:
             import pyarrow as pa
 
             wanted_array = pa.array(sorted(wanted), type=pa.string())
-            for part in self._parts():
+            for part in self.parts():
                 with self.fs.open(part, "rb") as handle:
                     table = pq.read_table(handle, columns=None if columns is None else ["key", *columns])
                 table = table.filter(pc.is_in(table.column("key"), value_set=wanted_array))

@@ -1,4 +1,4 @@
-"""Stage checkpoints: Step 1's result saved under the run prefix, so a resumed run skips it.
+"""Step 1's checkpoint: its result saved under the run prefix, so a resumed run skips it.
 
 Step 1 is the one stage whose output is not a content-addressed cache: it is a streaming top-K over
 the whole probing set. Once pass B has finished (top images and crops are in ``images/``), the
@@ -61,8 +61,8 @@ def save_step1(layout: Any, digest: str, result: Any) -> str:
 
 def load_step1(layout: Any, digest: str) -> Any | None:
     """The Step1Result saved for ``digest``, or None when this run has not finished Step 1 yet."""
-    from dnd.activations.step1 import CropInfo, LayerPlan, ProbeImage, Step1Result
     from dnd.activations.topk import StreamingTopK
+    from dnd.records import CropInfo, LayerPlan, ProbeImage, Step1Result
 
     path = layout.path(CHECKPOINT_DIR, _name(digest))
     if not layout.fs.exists(path):

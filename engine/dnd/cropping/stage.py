@@ -1,0 +1,104 @@
+"""Step 1, pass B on Ray Data: attention crops of the top-K images, scored by the target model.
+
+Each top-K image is read back once, however many neurons it serves; the actor recomputes its maps,
+cuts attention crops for every neuron it serves and scores them (``cropping/actors.py``). The stored
+images (``images/``) get the probe images and their crops; the scored crops go to ``on_crops`` as
+they stream in, so that the caller keeps its top-K current without holding every crop's activations.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from dnd.models.pools import actor_pool_options
+from dnd.records import CropInfo, LayerPlan, ProbeImage, images_schema
+
+
+@dataclass
+class PassB:
+    """Pass B's result: every crop cut, how many were scored, the probe images that could not be
+    read again (ref and reason), and the pass's seconds."""
+
+    crops: dict[int, CropInfo] = field(default_factory=dict)
+    crop_count: int = 0
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def run_pass_b(config: Any, layers: list[LayerPlan], probe: dict[int, ProbeImage], requests: list[dict[str, str]],
+               layout: Any, on_crops: Callable[[np.ndarray, list[list[list[int]]], list[np.ndarray]], None]) -> PassB:
+    """Crop and score the ``requests`` (one per top-K image: id, ref, the neurons it serves)."""
+    import pyarrow as pa
+    import ray
+
+    from dnd.cropping.actors import AttentionCrops
+
+    started = time.time()
+    result = PassB()
+    use_crops = config.step1.crops and config.step1.crops_per_image > 0 and any(
+        json.loads(r["targets"]) for r in requests)
+    crop_options = {
+        "max_crops": config.step1.crops_per_image if use_crops else 0,
+        "iou_threshold": config.step1.crop_iou,
+        "whole_image_cap": config.step1.whole_image_iou_cap,
+        "min_side": config.step1.min_crop_pixels,
+    }
+    handle, writer = layout.open_writer(images_schema(), "images", "part-00000.parquet")
+    try:
+        cropped = ray.data.from_items(requests).map_batches(
+            AttentionCrops,
+            fn_constructor_kwargs={"target_config": config.target.model_dump(mode="json"),
+                                   "layers": [layer.name for layer in layers],
+                                   "neurons": [layer.neurons for layer in layers],
+                                   "summary": config.step1.summary, "crop_options": crop_options,
+                                   "storage_options": config.probe.storage_options,
+                                   "image_format": config.output.image_format,
+                                   "linear_crops": config.step1.linear_crops,
+                                   "gradcam_layer": config.step1.gradcam_layer},
+            batch_size=max(1, min(16, config.target.batch_size)),
+            **actor_pool_options(config.target),
+        )
+        for batch in cropped.iter_batches(batch_size=None, batch_format="numpy"):
+            records = [_stored_row(batch, row, probe, result) for row in range(len(batch["kind"]))]
+            if records:
+                writer.write_table(pa.Table.from_pylist(records, schema=images_schema()))
+            index = np.nonzero(batch["kind"] == "crop")[0]
+            if index.size:
+                result.crop_count += len(index)
+                made_for = [json.loads(str(batch["made_for"][row])) for row in index]
+                on_crops(batch["key"][index].astype(np.uint64), made_for,
+                         [batch[f"act_{i}"][index] for i in range(len(layers))])
+    finally:
+        writer.close()
+        handle.close()
+    result.seconds = time.time() - started
+    return result
+
+
+def _stored_row(batch: dict[str, Any], row: int, probe: dict[int, ProbeImage], result: PassB) -> dict[str, Any]:
+    """One ``images/`` row for a probe image or a crop; records crops and unreadable probe images."""
+    kind = str(batch["kind"][row])
+    identifier = str(batch["image_id"][row])
+    key = int(batch["key"][row])
+    box = [int(v) for v in batch["box"][row]]
+    parent = str(batch["parent_id"][row])
+    if kind == "crop":
+        made_for = json.loads(str(batch["made_for"][row]))
+        result.crops[key] = CropInfo(identifier, parent, box, made_for)
+        source, ref = probe[int(parent, 16)].source, ""
+    else:
+        info = probe[key]
+        if batch["error"][row]:
+            result.unreadable.append((info.ref, str(batch["error"][row])))
+        source, ref, made_for = info.source, info.ref, []
+    return {
+        "image_id": identifier, "kind": kind, "parent_id": parent, "box": box,
+        "width": int(batch["width"][row]), "height": int(batch["height"][row]),
+        "source": source, "ref": ref, "made_for": json.dumps(made_for) if made_for else "",
+        "data": bytes(batch["data"][row]),
+    }
