@@ -92,7 +92,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import dnd
-    from dnd.config import METHOD_DEFAULTS
+    from dnd.config import load_config
     from dnd.synthetic.demo import demo_config
     from dnd.synthetic.recovery import recovery
 
@@ -104,7 +104,9 @@ def main() -> None:
             for name, options in variants.items():
                 options = dict(options)
                 overrides = options.pop("set", {})
-                if overrides and all(METHOD_DEFAULTS[method].get(tuple(k.split(".", 1))) == v for k, v in overrides.items()):
+                defaults = load_config(demo_config(tmp, method=method))
+                if overrides and all(getattr(getattr(defaults, k.split(".", 1)[0]), k.split(".", 1)[1]) == v
+                                     for k, v in overrides.items()):
                     report["runs"].setdefault(method, {})[name] = "same as full"  # the method's own setting
                     continue
                 per_seed = {}

@@ -118,7 +118,7 @@ class Step1Config(_Section):
     )
     crop_scope: Literal["layer", "neuron"] = Field(
         "neuron", description="Whose crops enter a neuron's top-K: neuron (only crops cut from the neuron's own maps, as the "
-        "authors' code does) or layer (every crop cut from the layer's maps; method dnd)."
+        "authors' code does; both methods) or layer (every crop cut from the layer's maps competes for all its neurons)."
     )
     linear_crops: Literal["none", "gradcam"] = Field(
         "none", description="Crops for neurons without maps (fc): none as in the paper, or gradcam to crop their Grad-CAM maps (method dnd)."
@@ -218,7 +218,6 @@ METHOD_DEFAULTS: dict[str, dict[tuple[str, str], Any]] = {
     "paper": {
         ("step1", "linear_crops"): "none",
         ("step1", "min_crop_pixels"): 1,
-        ("step1", "crop_scope"): "neuron",
         ("captioner", "cleanup"): False,
         ("selection", "parsimony_share"): None,
         ("selection", "multilabel_share"): None,
@@ -226,7 +225,6 @@ METHOD_DEFAULTS: dict[str, dict[tuple[str, str], Any]] = {
     "dnd": {
         ("step1", "linear_crops"): "gradcam",
         ("step1", "min_crop_pixels"): 8,
-        ("step1", "crop_scope"): "layer",
         ("captioner", "cleanup"): True,
         ("selection", "parsimony_share"): 0.5,
         ("selection", "multilabel_share"): 0.5,
@@ -242,7 +240,7 @@ class RunConfig(_Section):
 
     method: Method = Field(
         "paper", description="paper: the paper exactly (section 3, A.1); dnd: the paper plus dnd's additions (Grad-CAM crops "
-        "for linear neurons, crops shared across a layer, an 8-pixel minimum crop side, caption clean-up, parsimony, activation "
+        "for linear neurons, an 8-pixel minimum crop side, caption clean-up, parsimony, activation "
         "evidence for multiple labels), each still switchable on its own."
     )
     target: TargetConfig = Field(..., description="The network to dissect.")
