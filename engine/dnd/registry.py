@@ -95,7 +95,8 @@ def backend_identity(registry: Registry[Any], stage: Any) -> str:
 def options_model(registry: Registry[Any], name: str) -> Any:
     """A pydantic model of backend ``name``'s options, read from its factory's signature: every
     keyword parameter is an option with its annotated type and default. The signature is the one
-    declaration; range checks stay in the factory. Extra keys are forbidden."""
+    declaration; range checks stay in the factory. Other keys are refused, unless the factory sets
+    ``accepts_any_options = True`` (it takes ``**options`` and checks them itself)."""
     import inspect
     import typing
 
@@ -113,7 +114,9 @@ def options_model(registry: Registry[Any], name: str) -> Any:
             continue
         default = ... if parameter.default is inspect.Parameter.empty else parameter.default
         fields[parameter.name] = (hints.get(parameter.name, Any), default)
-    config = pydantic.ConfigDict(extra="forbid", strict=True, arbitrary_types_allowed=True)
+    # A backend that passes arbitrary options on (to a model's own config, say) says so.
+    extra = "allow" if getattr(factory, "accepts_any_options", False) else "forbid"
+    config = pydantic.ConfigDict(extra=extra, strict=True, arbitrary_types_allowed=True)
     return pydantic.create_model(f"{registry.family.title().replace(' ', '')}{name.title()}Options",
                                  __config__=config, **fields)
 

@@ -94,3 +94,29 @@ def test_a_backend_that_cannot_start_in_its_actor_is_one_line_naming_the_stage(l
     message = str(caught.value)
     assert message.startswith("step 2A (captions): cannot load the captioning model 'no-such-org/no-such-captioner'")
     assert "\n" not in message and "ray::" not in message and "Traceback" not in message
+
+
+def test_a_backend_that_accepts_any_options_says_so():
+    from types import SimpleNamespace
+
+    from dnd.concepts.base import SUMMARIZERS
+    from dnd.registry import check_options
+
+    class Loose:
+        accepts_any_options = True  # passes the rest on, e.g. to a model's own config
+
+        def __init__(self, rate: float = 1.0, **extra):
+            self.extra = extra
+
+    class Strict:
+        def __init__(self, rate: float = 1.0, **extra):
+            self.extra = extra
+
+    SUMMARIZERS.register("loose-test")(Loose)
+    SUMMARIZERS.register("strict-test")(Strict)
+    # **extra alone does not open the door: the named parameters are the options.
+    with pytest.raises(ConfigError, match="unknown option 'anything'; its options are rate"):
+        check_options(SUMMARIZERS, SimpleNamespace(backend="strict-test", options={"anything": 1}), "summarizer")
+    check_options(SUMMARIZERS, SimpleNamespace(backend="loose-test", options={"rate": 2, "anything": 1}), "summarizer")
+    with pytest.raises(ConfigError, match=r"option 'rate' = 'fast'"):
+        check_options(SUMMARIZERS, SimpleNamespace(backend="loose-test", options={"rate": "fast"}), "summarizer")
