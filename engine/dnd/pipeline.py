@@ -11,11 +11,15 @@ import os
 import platform
 import sys
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from dnd.config import RunConfig, load_config, resolve_neurons
 from dnd.errors import ConfigError
+from dnd.records import LayerPlan, NeuronCrop, NeuronRow, Step1Result, TopImage, neurons_table
 from dnd.stage_errors import named_stage
+
+if TYPE_CHECKING:
+    from dnd.store.layout import RunLayout
 
 #: How a failed stage is named to the user (by the function that runs it).
 STAGE_NAMES = {
@@ -33,7 +37,6 @@ def plan_layers(config: RunConfig) -> list[Any]:
     """Build the target once on the driver to check layers and neuron ranges before any Ray work."""
     from dnd.models.recorder import layer_sizes, resolve_layers
     from dnd.models.target import build_target
-    from dnd.records import LayerPlan
 
     target = build_target(config.target.model, config.target.weights, config.target.checkpoint, config.target.options)
     resolve_layers(target.module, config.layers)
@@ -95,7 +98,7 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def dissect(config: Any, log: Callable[[str], None] | None = None, overwrite: bool = False, **overrides: Any):
+def dissect(config: RunConfig, log: Callable[[str], None] | None = None, overwrite: bool = False, **overrides: Any):
     """Run every stage for ``config`` and return :class:`dnd.results.Results`.
 
     A URI holding an unfinished (or finished) run of the same config is resumed: Step 1's checkpoint
@@ -148,13 +151,11 @@ def dissect(config: Any, log: Callable[[str], None] | None = None, overwrite: bo
         timings[f"{stage.__name__}_s"] = time.time() - stage_started
         extra.update(stage_counts or {})
 
-    from dnd.records import neurons_schema, table
-
     layout.remove("neurons")
-    layout.write_table(table(rows, neurons_schema()), "neurons", "part-00000.parquet")
-    status = {}
+    layout.write_table(neurons_table(rows), "neurons", "part-00000.parquet")
+    status: dict[str, int] = {}
     for row in rows:
-        status[row["status"]] = status.get(row["status"], 0) + 1
+        status[row.status] = status.get(row.status, 0) + 1
     timings["total_s"] = time.time() - started
     manifest = {
         "dnd_version": __import__("dnd").__version__,
@@ -177,13 +178,12 @@ def dissect(config: Any, log: Callable[[str], None] | None = None, overwrite: bo
     return Results(config.output.uri, config.output.storage_options)
 
 
-def run_step1(config: RunConfig, layers: list[Any], read_tasks: list[Any], layout: Any,
+def run_step1(config: RunConfig, layers: list[Any], read_tasks: list[Any], layout: RunLayout,
               log: Callable[[str], None]) -> Any:
     """Step 1: pass A (every probe image, streaming top-K), then pass B (the top-K images read back
     once each, attention crops cut and scored), the crops merged into the final top-K as they come."""
     from dnd.activations.step1 import CropMerger, crop_requests, run_pass_a
     from dnd.cropping.stage import run_pass_b
-    from dnd.records import Step1Result
 
     step1 = config.step1
     found = run_pass_a(config, layers, read_tasks, log)
@@ -207,7 +207,7 @@ def run_step1(config: RunConfig, layers: list[Any], read_tasks: list[Any], layou
                        {k: v for k, v in found.skipped.items()}, timings)
 
 
-def model_calls(step1: Any, step1_resumed: bool, extra: dict[str, Any]) -> dict[str, int]:
+def model_calls(step1: Step1Result, step1_resumed: bool, extra: dict[str, Any]) -> dict[str, int]:
     """Inputs each model family computed in this attempt (cache misses), for ``_SUCCESS``."""
 
     def misses(section: dict | None) -> int:
@@ -242,10 +242,8 @@ def build_later_stages(config: RunConfig) -> list[Callable[..., Any]]:
 
     # Every backend's options are checked here, on the driver: a typo is one line now, not a
     # traceback from an actor constructor once Ray has started the stage.
-    CAPTIONERS.get(config.captioner.backend)
     check_options(CAPTIONERS, config.captioner, "captioner")
     preflight_backend(CAPTIONERS, config.captioner)
-    SUMMARIZERS.get(config.summarizer.backend)
     check_options(SUMMARIZERS, config.summarizer, "summarizer")
     summarizer = build_summarizer(config)
 
@@ -257,11 +255,9 @@ def build_later_stages(config: RunConfig) -> list[Callable[..., Any]]:
 
     stages = [step2a_captions, step2b_concepts]
     if config.selection.enabled:
-        GENERATORS.get(config.generator.backend)
         check_options(GENERATORS, config.generator, "generator")
         preflight_backend(GENERATORS, config.generator)
         if config.selection.embedder is not None:
-            EMBEDDERS.get(config.selection.embedder.backend)
             check_options(EMBEDDERS, config.selection.embedder, "selection.embedder")
         elif config.selection.scoring in IMAGE_PRODUCT_FUNCTIONS:
             raise ConfigError(
@@ -280,8 +276,8 @@ def build_later_stages(config: RunConfig) -> list[Callable[..., Any]]:
     return stages
 
 
-def step3_selection(config: RunConfig, step1: Any, rows: list[dict[str, Any]], layout: Any,
-              log: Callable[[str], None]) -> dict[str, Any]:
+def step3_selection(config: RunConfig, step1: Step1Result, rows: list[NeuronRow], layout: RunLayout,
+                    log: Callable[[str], None]) -> dict[str, Any]:
     """Step 3 in order: generate → measure → embed → score → (parsimony: generate, measure and embed
     the labels' sub-phrases) → label. Returns its counts for ``_SUCCESS``."""
     from dnd.generation.stage import generated_dataset, run_generation
@@ -309,7 +305,7 @@ def step3_selection(config: RunConfig, step1: Any, rows: list[dict[str, Any]], l
     return state.counts
 
 
-def assemble_rows(step1: Any) -> list[dict[str, Any]]:
+def assemble_rows(step1: Step1Result) -> list[NeuronRow]:
     """One neurons-table row per (layer, neuron) from the final top-K; Steps 2–3 fill the rest."""
     import numpy as np
 
@@ -323,23 +319,15 @@ def assemble_rows(step1: Any) -> list[dict[str, Any]]:
                 key = int(key)
                 crop = step1.crops.get(key)
                 if crop is not None:
-                    top.append({"image_id": crop.image_id, "activation": float(value), "is_crop": True,
-                                "parent_id": crop.parent_id, "box": crop.box})
+                    top.append(TopImage(crop.image_id, float(value), True, crop.parent_id, crop.box))
                 else:
-                    top.append({"image_id": step1.probe[key].image_id, "activation": float(value),
-                                "is_crop": False, "parent_id": "", "box": []})
+                    top.append(TopImage(step1.probe[key].image_id, float(value), False))
             crops = [
-                {"image_id": step1.crops[key].image_id, "parent_id": step1.crops[key].parent_id,
-                 "box": step1.crops[key].box, "activation": value}
+                NeuronCrop(step1.crops[key].image_id, step1.crops[key].parent_id, step1.crops[key].box, value)
                 for key, value in step1.crop_activations.get((i, position), [])
             ]
-            nan_images = int(state.nan_counts[position])
-            status, error = "ok", ""
+            row = NeuronRow(layer.name, neuron, top_images=top, crops=crops, nan_images=int(state.nan_counts[position]))
             if not top:
-                status, error = "failed", "no image gave this neuron a finite activation"
-            rows.append({
-                "layer": layer.name, "neuron": neuron, "label": None, "labels": [], "candidates": [],
-                "top_images": top, "crops": crops, "captions": [], "status": status, "error": error,
-                "nan_images": nan_images,
-            })
+                row.fail("no image gave this neuron a finite activation")
+            rows.append(row)
     return rows

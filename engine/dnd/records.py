@@ -74,6 +74,76 @@ class GeneratedSet:
         return [image for image, refused in self.images[u] if refused is None]
 
 
+@dataclass
+class TopImage:
+    """One of a neuron's top-K images over D_probe ∪ D_cropped: a probe image, or a crop with its
+    parent and box in the parent's pixels."""
+
+    image_id: str
+    activation: float
+    is_crop: bool
+    parent_id: str = ""
+    box: list[int] = field(default_factory=list)
+
+
+@dataclass
+class NeuronCrop:
+    """A crop cut by one of this neuron's maps, with the neuron's activation on it (for the report)."""
+
+    image_id: str
+    parent_id: str
+    box: list[int]
+    activation: float
+
+
+@dataclass
+class Caption:
+    """Step 2A's caption of one top image."""
+
+    image_id: str
+    caption: str
+
+
+@dataclass
+class Candidate:
+    """A candidate concept of one neuron. Step 2B sets ``concept``; Step 3 fills the rest. ``None``
+    means "not computed": Step 3 off leaves scores, mean activation and ``sub_phrase`` unset."""
+
+    concept: str
+    score: float | None = None
+    scores: dict[str, float | None] | None = None  # every scoring function of A.1.4, by name
+    images: int = 0  # usable generated images
+    mean_activation: float | None = None
+    # True for a part of the label that Step 3's parsimony added and generated to test it.
+    sub_phrase: bool | None = None
+    refused: str | None = None  # why the generator refused some of its images
+
+
+@dataclass
+class NeuronRow:
+    """One row of ``neurons/``: a (layer, neuron), its top images from Step 1, its captions (2A),
+    candidates (2B, scored in 3), label and multiple labels (3). ``status`` is ok or failed, and
+    ``error`` says why, or carries a warning for an ok neuron."""
+
+    layer: str
+    neuron: int
+    top_images: list[TopImage] = field(default_factory=list)
+    crops: list[NeuronCrop] = field(default_factory=list)
+    captions: list[Caption] = field(default_factory=list)
+    candidates: list[Candidate] = field(default_factory=list)
+    label: str | None = None
+    labels: list[str] = field(default_factory=list)
+    status: str = "ok"
+    error: str = ""
+    nan_images: int = 0  # probe images on which this neuron's activation was not finite
+
+    def fail(self, reason: str) -> None:
+        self.status, self.error = "failed", reason
+
+    def warn(self, message: str) -> None:
+        self.error = f"{self.error}; {message}" if self.error else message
+
+
 def _pa():
     import pyarrow as pa
 
@@ -149,6 +219,49 @@ def images_schema():
     ])
 
 
-def table(rows: list[dict[str, Any]], schema):
+def neurons_table(rows: list[NeuronRow]):
+    """The ``neurons/`` Arrow table of ``rows``, in their order."""
+    from dataclasses import asdict
+
+    return _pa().Table.from_pylist([asdict(row) for row in rows], schema=neurons_schema())
+
+
+# The content-addressed caches' tables: every one is keyed by ``key``, a content hash of all that
+# determines the entry (dnd.store.cache.content_key).
+
+
+def caption_schema():
+    """Step 2A: a caption per (captioner, image)."""
     pa = _pa()
-    return pa.Table.from_pylist(rows, schema=schema)
+    return pa.schema([pa.field("key", pa.string()), pa.field("image_id", pa.string()), pa.field("caption", pa.string())])
+
+
+def answer_schema():
+    """Step 2B: an LLM answer per (summarizer, prompt); only successful answers are stored."""
+    pa = _pa()
+    return pa.schema([pa.field("key", pa.string()), pa.field("text", pa.string()), pa.field("error", pa.string())])
+
+
+def generated_schema():
+    """Step 3: a generated image per (generator, prompt, seed), or the reason it was refused."""
+    pa = _pa()
+    return pa.schema([
+        pa.field("key", pa.string()),
+        pa.field("prompt", pa.string()),
+        pa.field("seed", pa.int64()),
+        pa.field("data", pa.binary()),
+        pa.field("refused", pa.string()),
+    ])
+
+
+def generated_activations_schema():
+    """Step 3: the target model's summary activations and map peaks on one generated image, every
+    layer's neurons concatenated (see dnd.selection.generated_activations)."""
+    pa = _pa()
+    return pa.schema([pa.field("key", pa.string()), pa.field("acts", pa.list_(pa.float32()))])
+
+
+def embedding_schema():
+    """Step 3: an embedder's vector per (embedder, image or text)."""
+    pa = _pa()
+    return pa.schema([pa.field("key", pa.string()), pa.field("embedding", pa.list_(pa.float32()))])

@@ -5,14 +5,14 @@ import pytest
 
 from dnd.concepts.stage import run_concepts
 from dnd.config import load_config
+from dnd.records import Caption, NeuronRow
 from dnd.store.layout import RunLayout
 from tests.support.llm_stub import StubLLM
 
 
 def rows_with(captions_per_neuron):
     return [
-        {"layer": "fc", "neuron": n, "status": "ok", "error": "", "candidates": [],
-         "captions": [{"image_id": f"{n}-{i}", "caption": c} for i, c in enumerate(captions)]}
+        NeuronRow("fc", n, captions=[Caption(f"{n}-{i}", c) for i, c in enumerate(captions)])
         for n, captions in enumerate(captions_per_neuron)
     ]
 
@@ -46,9 +46,9 @@ def test_candidates_follow_the_prompts_and_shared_captions_are_asked_once(tmp_pa
         counts = run(config_for(tmp_path, llm.url), rows)
         requests = llm.counts["ok"]
     # The stub answers a summary with the content word most descriptions share.
-    assert {c["concept"] for c in rows[0]["candidates"]} == {"red"}
-    assert {c["concept"] for c in rows[2]["candidates"]} == {"dog"}
-    assert all(r["status"] == "ok" for r in rows)
+    assert {c.concept for c in rows[0].candidates} == {"red"}
+    assert {c.concept for c in rows[2].candidates} == {"dog"}
+    assert all(r.status == "ok" for r in rows)
     concepts = counts["concepts"]
     # 6 unique captions (neurons 0 and 1 share theirs) are simplified once each; every unique
     # shuffled list is summarized once, so at most 3 neurons x 3 orders requests.
@@ -63,9 +63,9 @@ def test_failures_touch_only_the_neurons_that_needed_the_failing_calls(tmp_path)
         rows = rows_with([RED, broken, DOGS])
         run(config_for(tmp_path, llm.url, simplify=False), rows)
         assert llm.counts["500"] >= 2
-    assert rows[0]["status"] == "ok" and rows[2]["status"] == "ok"
-    assert rows[1]["status"] == "failed"
-    assert "no candidate concept" in rows[1]["error"] and "500" in rows[1]["error"]
+    assert rows[0].status == "ok" and rows[2].status == "ok"
+    assert rows[1].status == "failed"
+    assert "no candidate concept" in rows[1].error and "500" in rows[1].error
 
 
 def test_rerun_asks_the_llm_nothing(tmp_path):
@@ -77,15 +77,15 @@ def test_rerun_asks_the_llm_nothing(tmp_path):
         counts = run(config, again)
         assert llm.counts["ok"] == first
     assert counts["concepts"]["cache"]["misses"] == 0
-    assert {c["concept"] for c in again[1]["candidates"]} == {"dog"}
+    assert {c.concept for c in again[1].candidates} == {"dog"}
 
 
 def test_empty_captions_fail_the_neuron_with_a_reason(tmp_path):
     with StubLLM() as llm:
         rows = rows_with([["", "   "], RED])
         run(config_for(tmp_path, llm.url), rows)
-    assert rows[0]["status"] == "failed" and "empty caption" in rows[0]["error"]
-    assert rows[1]["status"] == "ok"
+    assert rows[0].status == "failed" and "empty caption" in rows[0].error
+    assert rows[1].status == "ok"
 
 
 @pytest.mark.parametrize("mode", ["garbage", "malformed"])
@@ -93,8 +93,8 @@ def test_garbage_answers_fail_cleanly(tmp_path, mode):
     with StubLLM(mode=mode) as llm:
         rows = rows_with([RED])
         run(config_for(tmp_path, llm.url), rows)
-    assert rows[0]["status"] == "failed"
-    assert rows[0]["error"].startswith("no candidate concept")
+    assert rows[0].status == "failed"
+    assert rows[0].error.startswith("no candidate concept")
 
 
 def test_a_ranking_summarizer_proposes_distinct_candidates_once_per_caption_list(tmp_path):
@@ -110,12 +110,12 @@ def test_a_ranking_summarizer_proposes_distinct_candidates_once_per_caption_list
     red_circles = ["a red circle", "a red circle", "a red striped circle", "a close up of a red surface"]
     rows = rows_with([red_circles, red_circles, DOGS])
     counts = run(config, rows)
-    first = [[c["concept"] for c in r["candidates"]] for r in rows]
+    first = [[c.concept for c in r.candidates] for r in rows]
     assert set(first[0]) == {"red", "circle", "red circle"} and first[0] == first[1]
     assert len(first[0]) == len(set(first[0]))
     assert any("dog" in c for c in first[2])
     assert counts["concepts"]["unique_summaries"] == 2  # neurons 0 and 1 share their caption list
     again = rows_with([red_circles, red_circles, DOGS])
     counts = run(config, again)
-    assert [[c["concept"] for c in r["candidates"]] for r in again] == first
+    assert [[c.concept for c in r.candidates] for r in again] == first
     assert counts["concepts"]["cache"]["misses"] == 0

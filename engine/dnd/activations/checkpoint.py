@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dnd.store.cache import content_key
 from dnd.store.fs import join, write_atomic
 
+if TYPE_CHECKING:
+    from dnd.config import RunConfig
+    from dnd.store.layout import RunLayout
+
 CHECKPOINT_DIR = "checkpoints"
 
 
-def step1_digest(config: Any) -> str:
+def step1_digest(config: RunConfig) -> str:
     """What Step 1's result depends on; credentials and pool sizes do not change it."""
     probe = config.probe.model_dump(mode="json", exclude={"storage_options", "read_concurrency", "files_per_read_task"})
     target = config.target.model_dump(mode="json", include={"model", "weights", "checkpoint", "options"})
@@ -36,7 +40,7 @@ def _name(digest: str) -> str:
     return f"step1-{digest}.npz"
 
 
-def save_step1(layout: Any, digest: str, result: Any) -> str:
+def save_step1(layout: RunLayout, digest: str, result: Any) -> str:
     """Write ``result`` (a Step1Result) as the checkpoint for ``digest``; returns its path."""
     arrays: dict[str, np.ndarray] = {}
     for i, state in enumerate(result.topk):
@@ -59,7 +63,7 @@ def save_step1(layout: Any, digest: str, result: Any) -> str:
     return path
 
 
-def load_step1(layout: Any, digest: str) -> Any | None:
+def load_step1(layout: RunLayout, digest: str) -> Any | None:
     """The Step1Result saved for ``digest``, or None when this run has not finished Step 1 yet."""
     from dnd.activations.topk import StreamingTopK
     from dnd.records import CropInfo, LayerPlan, ProbeImage, Step1Result
@@ -89,5 +93,5 @@ def load_step1(layout: Any, digest: str) -> Any | None:
     )
 
 
-def checkpoint_uri(layout: Any) -> str:
+def checkpoint_uri(layout: RunLayout) -> str:
     return join(layout.uri, CHECKPOINT_DIR)

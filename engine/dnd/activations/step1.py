@@ -13,13 +13,16 @@ import json
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from dnd.activations.topk import StreamingTopK, holistic_and_local, own_crops_only
 from dnd.models.pools import actor_pool_options
 from dnd.records import LayerPlan, ProbeImage
+
+if TYPE_CHECKING:
+    from dnd.config import RunConfig
 
 MAX_NAMED_SKIPS = 50
 
@@ -44,7 +47,7 @@ class PassA:
             self.skipped[reason].append(detail)
 
 
-def read_concurrency(config: Any) -> int | None:
+def read_concurrency(config: RunConfig) -> int | None:
     """How many read-and-decode tasks may run at once (``probe.read_concurrency``; see its doc)."""
     import ray
 
@@ -56,7 +59,7 @@ def read_concurrency(config: Any) -> int | None:
     return max(1, cpus // 4)
 
 
-def run_pass_a(config: Any, layers: list[LayerPlan], read_tasks: list[Any], log: Callable[[str], None]) -> PassA:
+def run_pass_a(config: RunConfig, layers: list[LayerPlan], read_tasks: list[Any], log: Callable[[str], None]) -> PassA:
     """Every probe image through the target model once; top-K per neuron kept on the driver."""
     import ray
 

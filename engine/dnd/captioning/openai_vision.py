@@ -67,18 +67,15 @@ class OpenAIVisionCaptioner:
         if timeout_s == 0:
             raise ConfigError("timeout_s must be greater than 0, got 0")
         api_key = read_api_key(api_key_env, "captioner 'openai-vision'")
-        from openai import OpenAI
-
         self.model = model
         self.prompt = prompt
         self.temperature = float(temperature)
-        # The endpoint as the client resolves it (OpenAI's when base_url is None) keys the cache.
-        resolver = OpenAI(api_key=api_key, base_url=base_url)
-        self.base_url = str(resolver.base_url)
-        resolver.close()
         self.usage = Usage()
         self._caller = ChatCaller(api_key, base_url, float(timeout_s),
                                   RetryPolicy(max_retries, float(backoff_s), float(backoff_cap_s)), self.usage)
+        # The endpoint as the client resolves it (OpenAI's, or OPENAI_BASE_URL, when base_url is
+        # None) keys the cache; the client built here is the one that sends the requests.
+        self.base_url = str(self._caller.client().base_url)
         #: One entry per image that got no caption: ``{"index", "error", "attempts"}``; the index is
         #: the image's position in the :meth:`caption` call that failed it.
         self.errors: list[dict] = []

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+from dnd.records import Caption, NeuronRow, caption_schema
 from dnd.store.cache import ContentCache, content_key
 from dnd.store.images import stored_images
+
+if TYPE_CHECKING:
+    from dnd.config import RunConfig
+    from dnd.records import Step1Result
+    from dnd.store.layout import RunLayout
 
 
 def captioner_key(stage: Any) -> str:
@@ -22,12 +28,6 @@ def captioner_key(stage: Any) -> str:
     cleanup = f"cleanup={CLEANUP_VERSION}" if stage.cleanup else "cleanup=off"
     return content_key("caption", stage.backend, backend_code_digest(CAPTIONERS, stage.backend),
                        json.dumps(stage.options, sort_keys=True, default=str), cleanup, *([remote] if remote else []))
-
-
-def caption_schema():
-    import pyarrow as pa
-
-    return pa.schema([pa.field("key", pa.string()), pa.field("image_id", pa.string()), pa.field("caption", pa.string())])
 
 
 class CaptionActor:
@@ -59,14 +59,12 @@ class CaptionActor:
         return {"image_id": batch["image_id"], "caption": np.array([tidy(c or "") for c in captions], dtype=object)}
 
 
-def run_captions(config: Any, step1: Any, rows: list[dict[str, Any]], layout: Any, log: Callable[[str], None]) -> dict:
-    import ray
-
+def run_captions(config: RunConfig, step1: Step1Result, rows: list[NeuronRow], layout: RunLayout, log: Callable[[str], None]) -> dict:
     from dnd.models.pools import actor_pool_options
 
     stage = config.captioner
     started = time.time()
-    wanted = {t["image_id"] for row in rows for t in row["top_images"]}
+    wanted = {t.image_id for row in rows for t in row.top_images}
     model_key = captioner_key(stage)
     cache = ContentCache(layout.cache, "captions", caption_schema(), config.output.storage_options)
     keys = {image: content_key(model_key, image) for image in wanted}
@@ -89,7 +87,7 @@ def run_captions(config: Any, step1: Any, rows: list[dict[str, Any]], layout: An
                     writer.add({"key": keys[image], "image_id": image, "caption": caption})
     lost = wanted - set(captions)
     for row in rows:
-        row["captions"] = [{"image_id": t["image_id"], "caption": captions.get(t["image_id"], "")} for t in row["top_images"]]
+        row.captions = [Caption(t.image_id, captions.get(t.image_id, "")) for t in row.top_images]
     log(f"step 2A: {len(missing)} images captioned in {time.time() - started:.1f}s")
     return {
         "captions": {"unique_images": len(wanted), "captioned": len(missing) - len(lost), "missing": len(lost),

@@ -9,25 +9,21 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
+from dnd.records import Candidate, NeuronRow, answer_schema
 from dnd.store.cache import ContentCache, content_key
+
+if TYPE_CHECKING:
+    from dnd.config import RunConfig
+    from dnd.records import Step1Result
+    from dnd.store.layout import RunLayout
 
 #: LLM calls are sent, and cached, in chunks, so a crash loses at most one chunk of answers.
 CHUNK = 256
 
 
-def answer_schema():
-    import pyarrow as pa
-
-    return pa.schema([
-        pa.field("key", pa.string()),
-        pa.field("text", pa.string()),
-        pa.field("error", pa.string()),
-    ])
-
-
-def build_summarizer(config: Any) -> Any:
+def build_summarizer(config: RunConfig) -> Any:
     from dnd.backends import load_backends
     from dnd.concepts.base import SUMMARIZERS
 
@@ -74,7 +70,7 @@ def _proposals(summarizer: Any, caption_sets: list[list[str]], n: int) -> list[A
     return replies
 
 
-def run_concepts(config: Any, step1: Any, rows: list[dict[str, Any]], layout: Any, log: Callable[[str], None],
+def run_concepts(config: RunConfig, step1: Step1Result, rows: list[NeuronRow], layout: RunLayout, log: Callable[[str], None],
                  summarizer: Any = None) -> dict:
     from dnd.concepts.shuffles import summary_orders
 
@@ -84,7 +80,7 @@ def run_concepts(config: Any, step1: Any, rows: list[dict[str, Any]], layout: An
     n = config.summarizer.candidates
 
     # 1. simplify each unique caption once
-    captions = sorted({c["caption"] for row in rows for c in row["captions"] if c["caption"].strip()})
+    captions = sorted({c.caption for row in rows for c in row.captions if c.caption.strip()})
     simplified: dict[str, str] = {c: c for c in captions}
     simplify_failures = 0
     if config.summarizer.simplify and captions:
@@ -105,21 +101,21 @@ def run_concepts(config: Any, step1: Any, rows: list[dict[str, Any]], layout: An
     per_neuron: list[list[list[str]]] = []
     lists: dict[str, list[str]] = {}
     for row in rows:
-        texts = [simplified[c["caption"]] for c in row["captions"] if c["caption"].strip()]
+        texts = [simplified[c.caption] for c in row.captions if c.caption.strip()]
         if not texts:
             per_neuron.append([])
             continue
-        orders = [texts] if proposes else summary_orders(texts, n, config.seed, f"{row['layer']}/{row['neuron']}")
+        orders = [texts] if proposes else summary_orders(texts, n, config.seed, f"{row.layer}/{row.neuron}")
         per_neuron.append(orders)
         for order in orders:
             lists.setdefault(_list_key(summarizer, order, n if proposes else None), order)
     answers = _ask(lists, (lambda sets: _proposals(summarizer, sets, n)) if proposes else summarizer.summarize, cache)
     failed = 0
     for row, orders in zip(rows, per_neuron):
-        if row["status"] != "ok":
+        if row.status != "ok":
             continue
         if not orders:
-            row["status"], row["error"] = "failed", "no caption: every top image got an empty caption"
+            row.fail("no caption: every top image got an empty caption")
             failed += 1
             continue
         candidates, errors = [], []
@@ -131,13 +127,12 @@ def run_concepts(config: Any, step1: Any, rows: list[dict[str, Any]], layout: An
                 candidates.extend(json.loads(answer.text))
             else:
                 candidates.append(answer.text)
-        row["candidates"] = [{"concept": c, "score": None, "scores": None, "images": 0, "refused": None} for c in candidates]
+        row.candidates = [Candidate(c) for c in candidates]
         if not candidates:
-            row["status"] = "failed"
-            row["error"] = f"no candidate concept: {errors[0] if errors else 'the summarizer gave no answer'}"
+            row.fail(f"no candidate concept: {errors[0] if errors else 'the summarizer gave no answer'}")
             failed += 1
         elif errors:
-            row["error"] = f"warning: {len(errors)} of {len(orders)} summaries failed ({errors[0]})"
+            row.error = f"warning: {len(errors)} of {len(orders)} summaries failed ({errors[0]})"
     usage = summarizer.usage.as_dict() if getattr(summarizer, "usage", None) is not None else {}
     log(f"step 2B: {len(lists)} unique caption lists summarized in {time.time() - started:.1f}s; {failed} neurons without candidates")
     return {

@@ -11,12 +11,16 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from dnd.models.pools import actor_pool_options
 from dnd.records import CropInfo, LayerPlan, ProbeImage, images_schema
+
+if TYPE_CHECKING:
+    from dnd.config import RunConfig
+    from dnd.store.layout import RunLayout
 
 
 @dataclass
@@ -30,8 +34,8 @@ class PassB:
     seconds: float = 0.0
 
 
-def run_pass_b(config: Any, layers: list[LayerPlan], probe: dict[int, ProbeImage], requests: list[dict[str, str]],
-               layout: Any, on_crops: Callable[[np.ndarray, list[list[list[int]]], list[np.ndarray]], None]) -> PassB:
+def run_pass_b(config: RunConfig, layers: list[LayerPlan], probe: dict[int, ProbeImage], requests: list[dict[str, str]],
+               layout: RunLayout, on_crops: Callable[[np.ndarray, list[list[list[int]]], list[np.ndarray]], None]) -> PassB:
     """Crop and score the ``requests`` (one per top-K image: id, ref, the neurons it serves)."""
     import pyarrow as pa
     import ray

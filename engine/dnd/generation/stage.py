@@ -11,24 +11,16 @@ import hashlib
 import io
 import json
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from dnd.records import GeneratedSet
+from dnd.records import GeneratedSet, generated_schema
 from dnd.store.cache import ContentCache, content_key
 
-
-def generated_schema():
-    import pyarrow as pa
-
-    return pa.schema([
-        pa.field("key", pa.string()),
-        pa.field("prompt", pa.string()),
-        pa.field("seed", pa.int64()),
-        pa.field("data", pa.binary()),
-        pa.field("refused", pa.string()),
-    ])
+if TYPE_CHECKING:
+    from dnd.config import RunConfig
+    from dnd.store.layout import RunLayout
 
 
 def generator_key(stage: Any) -> str:
@@ -100,7 +92,7 @@ def generated_image_id(entry_key: str) -> str:
     return entry_key[:16]
 
 
-def run_generation(config: Any, concepts: list[str], layout: Any, log: Callable[[str], None]) -> tuple[GeneratedSet, dict]:
+def run_generation(config: RunConfig, concepts: list[str], layout: RunLayout, log: Callable[[str], None]) -> tuple[GeneratedSet, dict]:
     import ray
 
     from dnd.models.pools import actor_pool_options
@@ -153,7 +145,7 @@ def run_generation(config: Any, concepts: list[str], layout: Any, log: Callable[
     }
 
 
-def generated_dataset(layout: Any, generated: GeneratedSet, storage_options: dict):
+def generated_dataset(layout: RunLayout, generated: GeneratedSet, storage_options: dict):
     """A Ray dataset (image_id, data) of the usable generated images, read from the cache."""
     from dnd.store.fs import url_to_fs
     from dnd.store.layout import ray_parquet

@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+from dnd.records import generated_activations_schema
 from dnd.store.cache import ContentCache, content_key
+
+if TYPE_CHECKING:
+    from dnd.config import RunConfig
+    from dnd.store.layout import RunLayout
 
 
 @dataclass
@@ -27,13 +32,7 @@ class Measured:
     peaks: list[np.ndarray]
 
 
-def activation_schema():
-    import pyarrow as pa
-
-    return pa.schema([pa.field("key", pa.string()), pa.field("acts", pa.list_(pa.float32()))])
-
-
-def target_pass_key(config: Any, layers: list[Any]) -> str:
+def target_pass_key(config: RunConfig, layers: list[Any]) -> str:
     target = config.target.model_dump(mode="json", include={"model", "weights", "checkpoint", "options"})
     return content_key("target-pass", _code_digest(), json.dumps(target, sort_keys=True, default=str),
                        json.dumps([[layer.name, layer.neurons] for layer in layers]), config.step1.summary,
@@ -52,7 +51,7 @@ def _code_digest() -> str:
     return hashlib.sha256(source.encode()).hexdigest()[:16]
 
 
-def generated_activations(config: Any, layers: list[Any], layout: Any, dataset: Callable[[set[str]], Any],
+def generated_activations(config: RunConfig, layers: list[Any], layout: RunLayout, dataset: Callable[[set[str]], Any],
                           entry_keys: dict[str, str], log: Callable[[str], None]) -> tuple[dict[str, Measured], dict]:
     """``image_id -> Measured`` (summaries and peaks per layer) for the images in ``entry_keys``.
 
@@ -64,7 +63,7 @@ def generated_activations(config: Any, layers: list[Any], layout: Any, dataset: 
 
     model_key = target_pass_key(config, layers)
     keys = {image: content_key(model_key, entry) for image, entry in entry_keys.items()}
-    cache = ContentCache(layout.cache, "generated_activations", activation_schema(), config.output.storage_options)
+    cache = ContentCache(layout.cache, "generated_activations", generated_activations_schema(), config.output.storage_options)
     found = cache.lookup(keys.values())
     widths = np.cumsum([0] + [len(layer.neurons) for layer in layers])
     total = int(widths[-1])

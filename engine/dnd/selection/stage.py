@@ -13,20 +13,20 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+from dnd.records import Candidate, NeuronRow, embedding_schema
 from dnd.store.cache import ContentCache, content_key
 
+if TYPE_CHECKING:
+    from dnd.config import RunConfig
+    from dnd.records import Step1Result
+    from dnd.store.layout import RunLayout
+
 SCORE_NAMES = ("mean", "topk_squared", "image_products", "topk_squared_image_products")
-
-
-def embedding_schema():
-    import pyarrow as pa
-
-    return pa.schema([pa.field("key", pa.string()), pa.field("embedding", pa.list_(pa.float32()))])
 
 
 def embedder_key(stage: Any) -> str:
@@ -64,7 +64,7 @@ class EmbedActor:
         return {"id": ids, "embedding": np.asarray(vectors, dtype=np.float32)}
 
 
-def _embed(config: Any, layout: Any, dataset: Any, keys: dict[str, str], log: Callable[[str], None],
+def _embed(config: RunConfig, layout: RunLayout, dataset: Any, keys: dict[str, str], log: Callable[[str], None],
            what: str, tally: dict[str, int] | None = None) -> dict[str, np.ndarray]:
     """Embeddings for ``keys`` (item -> cache key): cached ones, plus ``dataset``'s rows for the rest."""
     from dnd.models.pools import actor_pool_options
@@ -103,7 +103,7 @@ class Step3:
     ``chosen`` per neuron the index of the candidate the scoring function picked.
     """
 
-    active: list[dict[str, Any]]
+    active: list[NeuronRow]
     concepts: list[str]
     units: list[list[int]] = field(default_factory=list)
     counts: dict[str, Any] = field(default_factory=dict)
@@ -116,30 +116,30 @@ class Step3:
     started: float = field(default_factory=time.time)
 
 
-def start(rows: list[dict[str, Any]]) -> Step3 | None:
+def start(rows: list[NeuronRow]) -> Step3 | None:
     """The neurons Step 3 labels and the unique concepts to generate; None when no neuron has a
     candidate. Candidates repeated within one neuron (same text up to case/space) are scored once."""
     from dnd.selection.dedupe import unique_concepts
 
-    active = [r for r in rows if r["status"] == "ok" and r["candidates"]]
+    active = [r for r in rows if r.status == "ok" and r.candidates]
     if not active:
         return None
-    concepts, index = unique_concepts([[c["concept"] for c in r["candidates"]] for r in active])
+    concepts, index = unique_concepts([[c.concept for c in r.candidates] for r in active])
     units = []
     for row, positions in zip(active, index):
         kept, mine = [], []
-        for candidate, u in zip(row["candidates"], positions):
+        for candidate, u in zip(row.candidates, positions):
             if u not in mine:
                 mine.append(u)
-                kept.append(dict(candidate))
-        row["candidates"] = kept
+                kept.append(replace(candidate))
+        row.candidates = kept
         units.append(mine)
     n = len(active)
     return Step3(active, concepts, units, values=[{} for _ in range(n)], peaks=[{} for _ in range(n)],
                  chosen=[None] * n)
 
 
-def measure(config: Any, step1: Any, state: Step3, layout: Any, us: "range | set[int]",
+def measure(config: RunConfig, step1: Step1Result, state: Step3, layout: RunLayout, us: "range | set[int]",
             generated_images: Callable[[], Any], log: Callable[[str], None]) -> tuple[int, dict]:
     """The target model on every usable generated image of concepts ``us`` (cached per image, so a
     resumed run sends only unseen ones); each neuron keeps its own candidates' activations and peaks.
@@ -155,10 +155,10 @@ def measure(config: Any, step1: Any, state: Step3, layout: Any, us: "range | set
     position = [{n: p for p, n in enumerate(layer.neurons)} for layer in step1.layers]
     needs: dict[int, list[tuple[int, int, int]]] = defaultdict(list)  # u -> (row, layer, position)
     for r, row in enumerate(state.active):
-        li = layer_index[row["layer"]]
+        li = layer_index[row.layer]
         for u in state.units[r]:
             if u in us:
-                needs[u].append((r, li, position[li][row["neuron"]]))
+                needs[u].append((r, li, position[li][row.neuron]))
 
     def unseen(ids: set[str]):
         return generated_images().map_batches(_keep, fn_kwargs={"wanted": sorted(ids)}, batch_format="numpy")
@@ -172,7 +172,7 @@ def measure(config: Any, step1: Any, state: Step3, layout: Any, us: "range | set
     return target_counts["target_forward_images"], target_counts["cache"]
 
 
-def measure_generated(config: Any, step1: Any, state: Step3, layout: Any, generated_images: Callable[[], Any],
+def measure_generated(config: RunConfig, step1: Step1Result, state: Step3, layout: RunLayout, generated_images: Callable[[], Any],
                       log: Callable[[str], None]) -> None:
     """The target model on every usable generated image of the first round, once."""
     forward, cache_counts = measure(config, step1, state, layout, range(len(state.concepts)), generated_images, log)
@@ -185,7 +185,7 @@ def _embed_tally(state: Step3) -> dict[str, int]:
     return state.counts.setdefault("embeddings", {"cache": {}})["cache"]
 
 
-def embed_texts(config: Any, state: Step3, layout: Any, texts: set[str], log: Callable[[str], None]) -> None:
+def embed_texts(config: RunConfig, state: Step3, layout: RunLayout, texts: set[str], log: Callable[[str], None]) -> None:
     """CLIP text embeddings of candidate concepts (cached), into ``state.text_emb``."""
     import ray
 
@@ -196,12 +196,12 @@ def embed_texts(config: Any, state: Step3, layout: Any, texts: set[str], log: Ca
     ))
 
 
-def embed(config: Any, state: Step3, layout: Any, generated_images: Callable[[], Any], log: Callable[[str], None]) -> None:
+def embed(config: RunConfig, state: Step3, layout: RunLayout, generated_images: Callable[[], Any], log: Callable[[str], None]) -> None:
     """CLIP embeddings of the neurons' top images, the generated images and the candidate texts."""
     from dnd.store.images import stored_images
 
     model_key = embedder_key(config.selection.embedder)
-    top_ids = {t["image_id"] for r in state.active for t in r["top_images"]}
+    top_ids = {t.image_id for r in state.active for t in r.top_images}
     gen_ids = {image for u in range(len(state.concepts)) for image in state.generated.usable(u)}
 
     def images_to_embed(ids: set[str]):
@@ -215,15 +215,15 @@ def embed(config: Any, state: Step3, layout: Any, generated_images: Callable[[],
         config, layout, images_to_embed,
         {i: content_key(model_key, "image", i) for i in top_ids | gen_ids}, log, "top and generated images", tally,
     )
-    embed_texts(config, state, layout, {c["concept"] for r in state.active for c in r["candidates"]}, log)
+    embed_texts(config, state, layout, {c.concept for r in state.active for c in r.candidates}, log)
 
 
-def score(config: Any, state: Step3) -> None:
+def score(config: RunConfig, state: Step3) -> None:
     """The paper's scoring functions (A.1.4) for every candidate, and each neuron's choice."""
     from dnd.selection.scoring import score_all, select_best
 
     for r, row in enumerate(state.active):
-        candidates = row["candidates"]
+        candidates = row.candidates
         image_ids, concept_of = [], []
         for j, u in enumerate(state.units[r]):
             usable = [i for i in state.generated.usable(u) if i in state.values[r]]
@@ -232,7 +232,7 @@ def score(config: Any, state: Step3) -> None:
         activations = np.array([state.values[r][i] for i in image_ids], dtype=np.float64)
         top_emb = gen_emb = None
         if config.selection.embedder is not None:
-            tops = [state.image_emb[t["image_id"]] for t in row["top_images"] if t["image_id"] in state.image_emb]
+            tops = [state.image_emb[t.image_id] for t in row.top_images if t.image_id in state.image_emb]
             if tops and all(i in state.image_emb for i in image_ids):
                 top_emb = np.stack(tops)
                 gen_emb = np.stack([state.image_emb[i] for i in image_ids]) if image_ids else np.zeros((0, tops[0].shape[0]))
@@ -240,17 +240,17 @@ def score(config: Any, state: Step3) -> None:
                            beta=config.selection.beta, t=config.selection.top_t)
         chosen = scores[config.selection.scoring]
         for j, candidate in enumerate(candidates):
-            candidate["scores"] = {name: _finite_or_none(scores[name][j]) for name in SCORE_NAMES}
-            candidate["score"] = _finite_or_none(chosen[j])
+            candidate.scores = {name: _finite_or_none(scores[name][j]) for name in SCORE_NAMES}
+            candidate.score = _finite_or_none(chosen[j])
         if np.isnan(chosen).all() or not np.isfinite(chosen).any():
             # No generated image for any candidate (all refused) or the function is unavailable:
             # fall back to the paper's Step-3-free label, the first summary's candidate.
-            row["error"] = _join(row["error"], "warning: no generated image could score the candidates; label is the first summary")
+            row.warn("warning: no generated image could score the candidates; label is the first summary")
             continue
-        state.chosen[r] = select_best(chosen, [c["concept"] for c in candidates])
+        state.chosen[r] = select_best(chosen, [c.concept for c in candidates])
 
 
-def parsimony_round(config: Any, step1: Any, state: Step3, layout: Any,
+def parsimony_round(config: RunConfig, step1: Step1Result, state: Step3, layout: RunLayout,
                     generate: Callable[[list[str]], tuple[Any, dict]], generated_images: Callable[[], Any],
                     log: Callable[[str], None]) -> None:
     """Attach each chosen label's sub-phrases as candidates; generate (``generate(concepts)`` returns
@@ -265,8 +265,8 @@ def parsimony_round(config: Any, step1: Any, state: Step3, layout: Any,
     for r, row in enumerate(state.active):
         if state.chosen[r] is None:
             continue
-        mine = {concept_key(c["concept"]) for c in row["candidates"]}
-        for phrase in sub_phrases(row["candidates"][state.chosen[r]]["concept"]):
+        mine = {concept_key(c.concept) for c in row.candidates}
+        for phrase in sub_phrases(row.candidates[state.chosen[r]].concept):
             key = concept_key(phrase)
             if key in mine:
                 continue
@@ -275,7 +275,7 @@ def parsimony_round(config: Any, step1: Any, state: Step3, layout: Any,
                 concepts.append(phrase)
             mine.add(key)
             attached.add(known[key])
-            row["candidates"].append({"concept": phrase, "sub_phrase": True})
+            row.candidates.append(Candidate(phrase, sub_phrase=True))
             state.units[r].append(known[key])
     new = concepts[first_new:]
     extra: dict[str, Any] = {"sub_phrases": len(attached), "new_concepts": len(new)}
@@ -297,7 +297,7 @@ def parsimony_round(config: Any, step1: Any, state: Step3, layout: Any,
     state.counts["parsimony"] = extra
 
 
-def label(config: Any, state: Step3) -> None:
+def label(config: RunConfig, state: Step3) -> None:
     """Each neuron's label (parsimony's choice when on) and multiple labels (A.7); candidates are
     reported label first, then best score first."""
     from dnd.selection.multilabel import multiple_labels, text_similarity
@@ -305,8 +305,8 @@ def label(config: Any, state: Step3) -> None:
 
     parsimony = config.selection.parsimony_share
     for r, row in enumerate(state.active):
-        candidates = row["candidates"]
-        names = [c["concept"] for c in candidates]
+        candidates = row.candidates
+        names = [c.concept for c in candidates]
         per_candidate = []  # per candidate: the neuron's map peak on each of its generated images
         for candidate, u in zip(candidates, state.units[r]):
             made = state.generated.images[u]
@@ -314,19 +314,20 @@ def label(config: Any, state: Step3) -> None:
             # parsimony can pair image i of one concept with image i of another.
             acts = np.array([state.values[r].get(image, np.nan) if refused is None else np.nan for image, refused in made],
                             dtype=np.float64)
-            candidate["images"] = int(np.isfinite(acts).sum())
+            candidate.images = int(np.isfinite(acts).sum())
             reasons = sorted({reason for _, reason in made if reason})
-            candidate["refused"] = "; ".join(reasons) or None
-            candidate["mean_activation"] = float(np.nanmean(acts)) if candidate["images"] else None
-            candidate.setdefault("scores", {name: None for name in SCORE_NAMES})
-            candidate.setdefault("score", None)
-            candidate.setdefault("sub_phrase", False)
+            candidate.refused = "; ".join(reasons) or None
+            candidate.mean_activation = float(np.nanmean(acts)) if candidate.images else None
+            if candidate.scores is None:  # a sub-phrase: no scoring function saw it
+                candidate.scores = {name: None for name in SCORE_NAMES}
+            if candidate.sub_phrase is None:
+                candidate.sub_phrase = False
             per_candidate.append(np.array([state.peaks[r].get(image, np.nan) if refused is None else np.nan
                                            for image, refused in made], dtype=np.float64))
         best = state.chosen[r]
         if best is None:
-            row["label"] = names[0]
-            row["labels"] = [names[0]]
+            row.label = names[0]
+            row.labels = [names[0]]
             continue
         # The neuron's floor on Step 3's images: its mean peak on the least related concept it was
         # shown (sub-phrases such as "circle" of "red circle" usually supply one).
@@ -334,10 +335,10 @@ def label(config: Any, state: Step3) -> None:
         baseline = float(min(means)) if means else float("nan")
         if parsimony is not None:
             best, _share = simplest_sufficient(names, best, per_candidate, baseline, parsimony)
-        row["label"] = names[best]
+        row.label = names[best]
         # The label leads the multiple labels even when parsimony chose it over a higher score;
         # sub-phrases the paper's function did not score take part only through parsimony.
-        ranked = np.array([np.inf if j == best else (c["score"] if c["score"] is not None else np.nan)
+        ranked = np.array([np.inf if j == best else (c.score if c.score is not None else np.nan)
                            for j, c in enumerate(candidates)], dtype=np.float64)
         if state.text_emb and all(n in state.text_emb for n in names):
             similarity = text_similarity(np.stack([state.text_emb[n] for n in names]))
@@ -348,23 +349,23 @@ def label(config: Any, state: Step3) -> None:
             kept = supported_labels(names, [names.index(name) for name in labels], per_candidate, baseline,
                                     config.selection.multilabel_share)
             labels = [names[j] for j in kept]
-        row["labels"] = labels
+        row.labels = labels
         # Candidates are reported label first, then best score first: the table reads as the ranking it is.
-        order = sorted(range(len(candidates)), key=lambda j: (j != best, -(candidates[j]["score"] if candidates[j]["score"] is not None else -np.inf), j))
-        row["candidates"] = [candidates[j] for j in order]
+        order = sorted(range(len(candidates)), key=lambda j: (j != best, -(candidates[j].score if candidates[j].score is not None else -np.inf), j))
+        row.candidates = [candidates[j] for j in order]
     state.counts["selection"] = {"neurons_scored": len(state.active), "seconds": round(time.time() - state.started, 3)}
 
 
-def label_without_selection(rows: list[dict[str, Any]]) -> None:
+def label_without_selection(rows: list[NeuronRow]) -> None:
     """Step 3 switched off: the first summary's candidate is the label (paper 3.3)."""
     for row in rows:
-        if row["status"] == "ok" and row["candidates"]:
+        if row.status == "ok" and row.candidates:
             names = []
-            for c in row["candidates"]:
-                if c["concept"] not in names:
-                    names.append(c["concept"])
-            row["label"] = names[0]
-            row["labels"] = names
+            for c in row.candidates:
+                if c.concept not in names:
+                    names.append(c.concept)
+            row.label = names[0]
+            row.labels = names
 
 
 def _keep(batch: dict[str, Any], wanted: list[str]) -> dict[str, Any]:
@@ -376,6 +377,3 @@ def _finite_or_none(value: float) -> float | None:
     value = float(value)
     return value if np.isfinite(value) else None
 
-
-def _join(existing: str, message: str) -> str:
-    return f"{existing}; {message}" if existing else message

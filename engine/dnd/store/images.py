@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from dnd.store.layout import RunLayout
 
 
 def _keep_ids(batch: dict[str, Any], wanted: list[str]) -> dict[str, Any]:
@@ -12,7 +15,7 @@ def _keep_ids(batch: dict[str, Any], wanted: list[str]) -> dict[str, Any]:
     return {name: values[mask] for name, values in batch.items()}
 
 
-def stored_images(layout: Any, ids: set[str], columns: list[str] | None = None):
+def stored_images(layout: RunLayout, ids: set[str], columns: list[str] | None = None):
     """A Ray dataset of this run's stored top images and crops restricted to ``ids``."""
     from dnd.store.layout import ray_parquet
 

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dnd.errors import ConfigError
 from dnd.store.cache import content_key
+
+if TYPE_CHECKING:
+    from dnd.config import RunConfig
+    from dnd.store.layout import RunLayout
 
 RUN_FILE = "_RUN"
 #: Under the run prefix, what belongs to one run (the cache is content-addressed and is kept).
@@ -23,13 +27,13 @@ RUN_PARTS = ("neurons", "images", "checkpoints", "_SUCCESS", RUN_FILE)
 NOT_RESULTS = ("ray", "output")
 
 
-def config_digest(config: Any) -> str:
+def config_digest(config: RunConfig) -> str:
     data = config.model_dump(mode="json", exclude=set(NOT_RESULTS))
     data["output.image_format"] = config.output.image_format
     return content_key("run", json.dumps(data, sort_keys=True, default=str))
 
 
-def claim(layout: Any, config: Any, overwrite: bool, log: Any) -> dict[str, Any]:
+def claim(layout: RunLayout, config: RunConfig, overwrite: bool, log: Any) -> dict[str, Any]:
     """Decide fresh / resume / overwrite for ``layout`` and record this run in ``_RUN``.
 
     Returns ``{"mode": ..., "previous": ...}`` for the manifest.
