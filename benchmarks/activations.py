@@ -64,7 +64,7 @@ def engine_config(args: argparse.Namespace, n: int, size: int, weights: str, out
         "layers": args.layers,
         "neurons": "all",
         "probe": {"sources": [{"uri": probe_uri(n, size)}]},
-        "step1": {"crops": False, "top_k": args.top_k},
+        "step1": {"crops": False, "top_k": args.top_k, "keep_activations": args.keep_activations},
         "captioner": None,
         "output": {"uri": out_dir},
         "ray": {"num_cpus": os.cpu_count() or 1},
@@ -331,6 +331,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1,
                         help="engine/plain pairs to run, alternating which goes first; rates are medians")
     parser.add_argument("--trace-memory", action="store_true", help="log the memory samples of the memory runs to stderr")
+    parser.add_argument("--keep-activations", action="store_true",
+                        help="the engine also keeps every neuron's activation on every image (activations/, for dnd score)")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--child", choices=["engine", "plain"], help=argparse.SUPPRESS)
@@ -350,7 +352,8 @@ def main() -> None:
     small, large = args.memory_images or ((500, 5000) if args.quick else (2000, 20000))
     cpus = os.cpu_count() or 1
     started = time.time()
-    report: dict[str, Any] = {"benchmark": "activations", "quick": args.quick, "cpus": cpus}
+    report: dict[str, Any] = {"benchmark": "activations", "quick": args.quick, "cpus": cpus,
+                              "keep_activations": args.keep_activations}
 
     if not args.skip_speed:
         report.update({"images": images, "image_size": args.size, "model": args.model, "weights": "none",
@@ -439,6 +442,9 @@ def main() -> None:
             memory[f"max_process_peak_rss_mb_{label}"] = stats["max_process_peak_rss_mb"]
             memory[f"processes_{label}"] = stats["processes_max"]
             memory[f"step1_activations_s_{label}"] = runs[label]["timings_s"]["step1_activations_s"]
+            kept = runs[label]["counts"].get("activations_kept")
+            if kept:  # --keep-activations: what the kept activations weigh on storage (not in memory)
+                memory[f"activations_kept_mb_{label}"] = round(kept["bytes"] / 1e6, 2)
 
         def growth(key: str) -> float:
             base = memory[f"{key}_small"]

@@ -40,6 +40,14 @@ def report(uri: str, out: str | None = None, **options: Any) -> str:
     return build_report(uri, out, **options)
 
 
+def score(uri: str, concepts: str, **options: Any) -> dict:
+    """Faithfulness of every label and candidate of the run at ``uri`` against ``concepts`` (clip,
+    labels:PATH, planted); writes the scores into ``neurons/`` and returns the summary (see ``dnd score``)."""
+    from dnd.faithfulness.score import score as _score
+
+    return _score(uri, concepts, **options)
+
+
 def eval_fc(labels: Any, truth: Any = "imagenet", **options: Any) -> dict:
     """Section 4.2.1: mean similarity of final-layer labels to class names (see ``dnd eval fc``)."""
     from dnd.evaluation.fc import eval_fc as _eval_fc

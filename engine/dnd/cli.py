@@ -54,7 +54,13 @@ def _cmd_show(args: argparse.Namespace) -> int:
             f"{t['image_id'][:8]}{'*' if t['is_crop'] else ''}={t['activation']:.3g}" for t in list(row.top_images)[:3]
         )
         label = row.label if isinstance(row.label, str) else "-"
-        print(f"{row.layer:<24} {row.neuron:>6}  {row.status:<7} {label:<36} {tops}")
+        # After dnd score: how faithful the label is over the whole probing set.
+        scores = getattr(row, "faithfulness", None)
+        faithful = ""
+        if isinstance(scores, dict):
+            shown_scores = [f"{name}={scores[name]:.2f}" for name in ("correlation", "auprc") if scores.get(name) is not None]
+            faithful = f"  [{' '.join(shown_scores) or 'undefined'} vs {scores.get('concepts')}]"
+        print(f"{row.layer:<24} {row.neuron:>6}  {row.status:<7} {label:<36} {tops}{faithful}")
     if len(frame) > len(shown):
         print(f"... {len(frame) - len(shown)} more rows (--limit)")
     return 0
@@ -89,6 +95,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if summary["polysemantic_both_named"] is not None:
         print(f"  polysemantic neurons with both concepts among their labels: {summary['polysemantic_both_named']:.0%}"
               f"{also(theirs['polysemantic_both_named'])}")
+    mine, others = (run.manifest.get("faithfulness", {}).get("per_layer", {}) for run in (results, beside))
+    for layer, scores in mine.items():
+        theirs_scores = others.get(layer, {})
+
+        def mean(scores: dict, metric: str) -> str:
+            value = (scores.get(metric) or {}).get("mean")
+            return f"{value:.2f}" if value is not None else "n/a"
+
+        print(f"faithful {layer}: labels against the truth over every probe image: correlation {mean(scores, 'correlation')}, "
+              f"AUPRC {mean(scores, 'auprc')}   ({other}: {mean(theirs_scores, 'correlation')}, {mean(theirs_scores, 'auprc')})")
     for miss in summary["misses"][:10]:
         print(f"  missed {miss['layer']}/{miss['neuron']}: truth {miss['truth']}, label {miss['label']!r}")
     failed = [s for run in (results, beside) for s, n in run.manifest["counts"]["status"].items() if s != "ok" and n]

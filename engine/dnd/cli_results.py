@@ -1,4 +1,4 @@
-"""The commands that read a finished run: ``dnd report``, ``dnd eval fc``, ``dnd analyze ...``.
+"""The commands that read a finished run: ``dnd report``, ``dnd score``, ``dnd eval fc``, ``dnd analyze ...``.
 
 Kept apart from cli.py so the run commands and these stay small; only argparse at import time.
 """
@@ -31,6 +31,21 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from dnd.report.build import build_report
 
     print(build_report(args.uri, args.out, log=lambda m: print(m, file=sys.stderr)))
+    return 0
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from dnd.faithfulness.score import score
+
+    from dnd.errors import ConfigError
+
+    try:
+        options = json.loads(args.options) if args.options else None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--options must be a JSON object such as '{{\"similarity\": 0.8}}'; got {args.options!r} ({exc})") from None
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+    print_json(score(args.uri, args.concepts, metrics=metrics, alpha=args.alpha, options=options,
+                     log=lambda m: print(f"[dnd] {m}", file=sys.stderr, flush=True)))
     return 0
 
 
@@ -76,6 +91,17 @@ def add_commands(sub: Any) -> None:
     p.add_argument("uri", help="run location")
     p.add_argument("--out", metavar="DIR", help="where to write it (default URI/report); local or object storage")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("score", help="faithfulness of every label and candidate over the whole probing set "
+                       "(NeuronEval: correlation, cosine, AUPRC, F1, IoU); prints the summary as one JSON line")
+    p.add_argument("uri", help="run location (a finished run that kept its activations)")
+    p.add_argument("--concepts", required=True,
+                   help="concept vectors: clip (the run's embedder), labels:PATH (CSV image,label[,label...] or an "
+                        "ImageFolder root), planted (the demo world)")
+    p.add_argument("--metrics", help="comma-separated subset of correlation,cosine,auprc,f1,iou (default all)")
+    p.add_argument("--alpha", type=float, help="top-alpha quantile that binarises activations for F1 and IoU (default 0.05)")
+    p.add_argument("--options", metavar="JSON", help='concept source options, e.g. \'{"similarity": 0.8}\'')
+    p.set_defaults(func=_cmd_score)
 
     p = sub.add_parser("eval", help="the paper's evaluations of a run's labels (section 4.2.1)")
     which = p.add_subparsers(dest="evaluation", required=True)

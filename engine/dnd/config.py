@@ -126,6 +126,14 @@ class Step1Config(_Section):
     gradcam_layer: str | None = Field(
         None, description="Spatial layer the Grad-CAM maps of linear neurons are taken on (null: the last one before the layer)."
     )
+    keep_activations: bool | None = Field(
+        None, description="Keep every neuron's summary activation on every probe image in activations/ (for dnd score); "
+        "null: on when the run has a faithfulness section."
+    )
+    activations_dtype: Literal["float16", "float32"] = Field(
+        "float16", description="Precision of kept activations: float16 halves their size (about 3 significant digits; activations "
+        "it rounds together tie, and ties count together in AUPRC)."
+    )
 
 
 class BackendStage(ActorPool):
@@ -200,6 +208,26 @@ class OutputConfig(_Section):
     image_format: Literal["png", "jpeg"] = Field("png", description="Encoding of crops and generated images in images/.")
 
 
+class FaithfulnessConfig(_Section):
+    """Faithfulness of every label and candidate over the whole probing set (NeuronEval, arXiv 2506.05774)."""
+
+    concepts: str = Field(
+        ..., description="Concept vectors: clip (the run's embedder on every probe image), labels:PATH (a CSV of "
+        "image,label[,label...] or an ImageFolder root), planted (the demo world's truth) or another registered source."
+    )
+    metrics: list[Literal["correlation", "cosine", "auprc", "f1", "iou"]] = Field(
+        ["correlation", "cosine", "auprc", "f1", "iou"], min_length=1,
+        description="Metrics to compute: the five that pass NeuronEval's missing- and extra-label checks.",
+    )
+    alpha: float = Field(
+        0.05, gt=0, lt=1, description="F1 and IoU binarise each neuron's activations at its top-alpha quantile "
+        "(NeuronEval tunes alpha per setting; set it near how often the concepts occur in the probe; 0.05 is ours)."
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Options of the concept source (labels: similarity; clip: binarise)."
+    )
+
+
 class RayConfig(_Section):
     address: str | None = Field(None, description="Ray address; null joins a running cluster or starts a local one.")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray started by dnd (null = all).")
@@ -231,8 +259,9 @@ METHOD_DEFAULTS: dict[str, dict[tuple[str, str], Any]] = {
     },
 }
 
-#: Sections that say what is dissected and where results go, not how: never "options that differ".
-_NOT_OPTIONS = ("method", "target", "layers", "neurons", "probe", "output", "ray")
+#: Sections that say what is dissected, where results go and how they are judged, not how they are
+#: made: never "options that differ".
+_NOT_OPTIONS = ("method", "target", "layers", "neurons", "probe", "output", "ray", "faithfulness")
 
 
 class RunConfig(_Section):
@@ -259,6 +288,9 @@ class RunConfig(_Section):
     seed: int = Field(0, description="Seed for summary shuffles and image generation.")
     output: OutputConfig = Field(default_factory=OutputConfig, description="Results location.")
     ray: RayConfig = Field(default_factory=RayConfig, description="Ray cluster connection.")
+    faithfulness: FaithfulnessConfig | None = Field(
+        None, description="Score every label and candidate at the end of the run, as dnd score does (null: not scored)."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -294,6 +326,14 @@ class RunConfig(_Section):
                 raise ValueError(f"layer {name!r} is listed twice")
             seen.add(name)
         return layers
+
+    @model_validator(mode="after")
+    def _keep_activations_for_faithfulness(self) -> "RunConfig":
+        if self.step1.keep_activations is None:
+            self.step1.keep_activations = self.faithfulness is not None
+        elif self.faithfulness is not None and not self.step1.keep_activations:
+            raise ValueError("faithfulness needs every probe image's activations: step1.keep_activations cannot be false")
+        return self
 
     @model_validator(mode="after")
     def _neuron_keys_are_layers(self) -> "RunConfig":

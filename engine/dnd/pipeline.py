@@ -119,6 +119,10 @@ def dissect(config: RunConfig, log: Callable[[str], None] | None = None, overwri
     layers = plan_layers(config)
     read_tasks, source_counts = plan_reads(config.probe)
     stages = build_later_stages(config)
+    if config.faithfulness is not None:
+        from dnd.faithfulness.sources import check_source
+
+        check_source(config)
     from dnd.store.runstate import claim
 
     # Claimed only once every check has passed: a config with a typo leaves the URI untouched.
@@ -153,6 +157,13 @@ def dissect(config: RunConfig, log: Callable[[str], None] | None = None, overwri
 
     layout.remove("neurons")
     layout.write_table(neurons_table(rows), "neurons", "part-00000.parquet")
+    if config.faithfulness is not None:
+        from dnd.faithfulness.score import score_run
+
+        scoring_started = time.time()
+        with named_stage("faithfulness"):
+            extra["faithfulness"] = score_run(layout, config, config.faithfulness, log)
+        timings["faithfulness_s"] = time.time() - scoring_started
     status: dict[str, int] = {}
     for row in rows:
         status[row.status] = status.get(row.status, 0) + 1
@@ -184,9 +195,17 @@ def run_step1(config: RunConfig, layers: list[Any], read_tasks: list[Any], layou
     once each, attention crops cut and scored), the crops merged into the final top-K as they come."""
     from dnd.activations.step1 import CropMerger, crop_requests, run_pass_a
     from dnd.cropping.stage import run_pass_b
+    from dnd.store.activations import ActivationWriter
 
     step1 = config.step1
-    found = run_pass_a(config, layers, read_tasks, log)
+    kept = ActivationWriter(layout, layers, step1.activations_dtype) if step1.keep_activations else None
+    try:
+        found = run_pass_a(config, layers, read_tasks, log, keep_all=kept.add if kept else None)
+    except BaseException:
+        if kept is not None:
+            kept.abort()
+        raise
+    kept_counts = kept.close() if kept is not None else None
     merger = CropMerger(layers, found.topk, step1.top_k, step1.linear_crops, step1.crop_scope)
     requests = crop_requests(layers, found.topk, found.probe, step1.linear_crops)
     cropped = run_pass_b(config, layers, found.probe, requests, layout, merger.add)
@@ -202,6 +221,8 @@ def run_step1(config: RunConfig, layers: list[Any], read_tasks: list[Any], layou
         "crops": cropped.crop_count,
         "target_forward_images": found.images_used + len(found.probe) + cropped.crop_count,
     }
+    if kept_counts is not None:
+        counts["activations_kept"] = kept_counts
     timings = {"step1_activations_s": found.seconds, "step1_crops_s": cropped.seconds}
     return Step1Result(layers, merger.finish(), found.probe, cropped.crops, dict(merger.crop_activations), counts,
                        {k: v for k, v in found.skipped.items()}, timings)

@@ -117,6 +117,8 @@ class Candidate:
     # True for a part of the label that Step 3's parsimony added and generated to test it.
     sub_phrase: bool | None = None
     refused: str | None = None  # why the generator refused some of its images
+    # dnd score: NeuronEval's metrics of this concept against the neuron over the probing set.
+    faithfulness: dict[str, float | None] | None = None
 
 
 @dataclass
@@ -136,6 +138,7 @@ class NeuronRow:
     status: str = "ok"
     error: str = ""
     nan_images: int = 0  # probe images on which this neuron's activation was not finite
+    faithfulness: dict[str, Any] | None = None  # dnd score: the label's metrics and their concept source
 
     def fail(self, reason: str) -> None:
         self.status, self.error = "failed", reason
@@ -158,6 +161,12 @@ def score_fields():
         pa.field("image_products", pa.float64()),
         pa.field("topk_squared_image_products", pa.float64()),
     ]
+
+
+def faithfulness_fields():
+    """NeuronEval's five reliable metrics; null where not computed or undefined."""
+    pa = _pa()
+    return [pa.field(name, pa.float64()) for name in ("correlation", "cosine", "auprc", "f1", "iou")]
 
 
 def neurons_schema():
@@ -186,6 +195,7 @@ def neurons_schema():
         # Added by Step 3's parsimony (a part of the label, generated to test it), not by Step 2.
         pa.field("sub_phrase", pa.bool_()),
         pa.field("refused", pa.string()),
+        pa.field("faithfulness", pa.struct(faithfulness_fields())),
     ])
     return pa.schema([
         pa.field("layer", pa.string()),
@@ -199,6 +209,7 @@ def neurons_schema():
         pa.field("status", pa.string()),
         pa.field("error", pa.string()),
         pa.field("nan_images", pa.int64()),
+        pa.field("faithfulness", pa.struct([pa.field("concepts", pa.string()), *faithfulness_fields()])),
     ])
 
 

@@ -75,6 +75,17 @@ def smoke_run(local_ray, tmp_path_factory):
     return results, out
 
 
+@pytest.fixture(scope="package")
+def demo_run(local_ray, tmp_path_factory):
+    """One `dnd demo` run (method dnd, 600 probe images, scored against the planted truth) for every
+    module that reads it: (results, recovery summary, run folder). Read-only, like ``smoke_run``."""
+    from dnd.synthetic.demo import run_demo
+
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    results, summary = run_demo(str(out), log=lambda message: None)
+    return results, summary, out
+
+
 def copy_of_run(run, into):
     """A copy of a finished run folder (results, checkpoints and caches) at ``into``: the output URI
     is not part of a run's identity, so the same config at the copy resumes or reruns it there."""

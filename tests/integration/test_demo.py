@@ -8,10 +8,8 @@ from dnd.selection.dedupe import concept_key
 from dnd.synthetic.recovery import names, recovery
 
 
-def test_demo_recovers_planted_concepts(local_ray, tmp_path):
-    from dnd.synthetic.demo import run_demo
-
-    results, summary = run_demo(str(tmp_path / "demo"), log=lambda m: None)
+def test_demo_recovers_planted_concepts(demo_run):
+    results, summary, _ = demo_run
     frame = results.neurons
     assert len(frame) == 16 + 19 and set(frame["status"]) == {"ok"}
     rows = {(r.layer, int(r.neuron)): r for r in frame.itertuples()}

@@ -4,8 +4,10 @@
 
 Compares the ``neurons/`` tables row by row (layer, neuron): status, label, labels, captions, top
 images (ids, and activations to a relative 1e-4), crops, and every candidate (concept, scores,
-images, refusals, mean activation, sub-phrase flag). Prints one JSON line with the neurons compared,
-the differences found (the first 20 named) and exits 1 when there is any.
+images, refusals, mean activation, sub-phrase flag). Faithfulness scores (``dnd score``) judge a
+description rather than make it, so they are left out: a run scored and one not scored compare equal.
+Prints one JSON line with the neurons compared, the differences found (the first 20 named) and exits 1
+when there is any.
 """
 
 from __future__ import annotations
@@ -29,11 +31,11 @@ def _close(a: Any, b: Any) -> bool:
 
 
 def _plain(value: Any) -> Any:
-    """Arrow/numpy values as plain Python (lists, dicts, floats)."""
+    """Arrow/numpy values as plain Python (lists, dicts, floats), without faithfulness scores."""
     if hasattr(value, "tolist"):
         value = value.tolist()
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: _plain(v) for k, v in value.items() if k != "faithfulness"}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value

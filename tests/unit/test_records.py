@@ -17,7 +17,7 @@ def test_a_row_after_step_2_only_has_null_scores_and_no_sub_phrase_flag():
     red = written["candidates"][0]
     # Step 3 did not run: no score, no mean activation and no sub-phrase verdict were computed.
     assert red == {"concept": "red", "score": None, "scores": None, "images": 0, "mean_activation": None,
-                   "sub_phrase": None, "refused": None}
+                   "sub_phrase": None, "refused": None, "faithfulness": None}
     assert written["top_images"] == [{"image_id": "aa", "activation": 2.5, "is_crop": False, "parent_id": "",
                                       "box": []}]
     assert written["captions"] == [{"image_id": "aa", "caption": "a red car"}]

@@ -59,8 +59,11 @@ def read_concurrency(config: RunConfig) -> int | None:
     return max(1, cpus // 4)
 
 
-def run_pass_a(config: RunConfig, layers: list[LayerPlan], read_tasks: list[Any], log: Callable[[str], None]) -> PassA:
-    """Every probe image through the target model once; top-K per neuron kept on the driver."""
+def run_pass_a(config: RunConfig, layers: list[LayerPlan], read_tasks: list[Any], log: Callable[[str], None],
+               keep_all: Callable[[list[str], list[str], list[str], list[np.ndarray]], None] | None = None) -> PassA:
+    """Every probe image through the target model once; top-K per neuron kept on the driver.
+    ``keep_all(image_ids, refs, sources, per_layer)``, when given, also receives every used image's
+    activations as they stream by (``step1.keep_activations``)."""
     import ray
 
     from dnd.activations.reading import read_and_prepare
@@ -118,6 +121,9 @@ def run_pass_a(config: RunConfig, layers: list[LayerPlan], read_tasks: list[Any]
             keys = batch["key"][index].astype(np.uint64)
             for i, state in enumerate(result.topk):
                 state.update(batch[f"act_{i}"][index], keys)
+            if keep_all is not None:
+                keep_all([str(x) for x in batch["image_id"][index]], [str(x) for x in batch["ref"][index]],
+                         [str(x) for x in batch["source"][index]], [batch[f"act_{i}"][index] for i in range(len(layers))])
         if result.images_read % 2000 < len(batch["key"]):
             log(f"step 1: {result.images_read} probe images through the target model")
     result.seconds = time.time() - started

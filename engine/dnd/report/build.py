@@ -7,7 +7,9 @@ from collections import Counter
 from typing import Any, Callable
 
 from dnd.errors import StorageError
-from dnd.report.data import generated_bytes, generated_index, image_bytes, image_meta, neuron_record
+from dnd.report.data import (
+    generated_bytes, generated_index, image_bytes, image_meta, layer_faithfulness, neuron_record, run_faithfulness,
+)
 from dnd.report.page import page
 from dnd.report.thumbs import ThumbnailStore
 from dnd.store.fs import join
@@ -52,9 +54,11 @@ def build_report(uri: str, out: str | None = None, storage_options: dict | None 
     wanted_images: set[str] = set()
     wanted_generated: set[str] = set()
     index_layers = []
-    for k, name in enumerate(layers):
-        rows = frame[frame["layer"] == name].sort_values("neuron")
-        records = [neuron_record(row, meta, generated) for row in rows.itertuples()]
+    by_layer = [[neuron_record(row, meta, generated) for row in frame[frame["layer"] == name].sort_values("neuron")
+                 .itertuples()] for name in layers]
+    # Whether any layer was scored decides, for the whole page, whether faithfulness is shown at all.
+    faithfulness = run_faithfulness([r for records in by_layer for r in records], manifest)
+    for k, (name, records) in enumerate(zip(layers, by_layer)):
         for record in records:
             for image in record["tops"] + record["crops"]:
                 wanted_images.add(image["id"])
@@ -69,6 +73,8 @@ def build_report(uri: str, out: str | None = None, storage_options: dict | None 
             "status": dict(Counter(r["status"] for r in records)),
             "labels": [[label, n] for label, n in counts.most_common(TOP_LABELS)],
         })
+        if faithfulness is not None:
+            index_layers[-1]["faithfulness"] = layer_faithfulness(records, faithfulness["metrics"])
         with fs.open(target.path("data", f"layer-{k}.js"), "wb") as handle:
             handle.write(_script("DND_LAYER", k, records))
 
@@ -90,11 +96,13 @@ def build_report(uri: str, out: str | None = None, storage_options: dict | None 
         "thumbs": {i: 1 for i in sorted(wanted_images) if thumbs.has(i)},
         "generated": {i: 1 for i in sorted(wanted_generated) if gen_thumbs.has(i)},
         "thumbnails": {"made": thumbs.made + gen_thumbs.made, "reused": thumbs.reused + gen_thumbs.reused},
+        "faithfulness": faithfulness,
     }
     with fs.open(target.path("data", "index.js"), "wb") as handle:
         handle.write(b"window.DND_INDEX=" + json.dumps(index, separators=(",", ":"), ensure_ascii=False).replace("</", "<\\/").encode() + b";\n")
     with fs.open(target.path("index.html"), "wb") as handle:
-        handle.write(page(f"dnd report: {uri.rstrip('/').rsplit('/', 1)[-1]}", uri, method_line(manifest)).encode())
+        handle.write(page(f"dnd report: {uri.rstrip('/').rsplit('/', 1)[-1]}", uri, method_line(manifest),
+                          faithfulness).encode())
     log(f"report: {len(frame)} neurons in {len(layers)} layers; thumbnails made {index['thumbnails']['made']}, "
         f"reused {index['thumbnails']['reused']}")
     return join(out or join(uri, "report"), "index.html")

@@ -6,11 +6,25 @@ Everything is turned into plain JSON-able records here, so the page builder only
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Any
 
+from dnd.faithfulness.metrics import METRICS as FAITHFULNESS_METRICS
 from dnd.store.layout import RunLayout
 
 SCORE_NAMES = ("mean", "topk_squared", "image_products", "topk_squared_image_products")
+
+#: How each NeuronEval metric is named on the page: short, since a card shows all five on one line.
+FAITHFULNESS_NAMES = {"correlation": "corr", "cosine": "cos", "auprc": "AUPRC", "f1": "F1", "iou": "IoU"}
+
+#: The range each metric can take, so a layer's histograms share their axes with every other
+#: layer's and can be compared by eye. Activations may be negative, so correlation and cosine
+#: span [-1, 1]; AUPRC, F1 and IoU are fractions.
+FAITHFULNESS_RANGES = {"correlation": (-1.0, 1.0), "cosine": (-1.0, 1.0), "auprc": (0.0, 1.0), "f1": (0.0, 1.0),
+                       "iou": (0.0, 1.0)}
+
+#: Bars per histogram: 0.05 wide on [0, 1], enough to see the shape of a layer of a few dozen neurons.
+HISTOGRAM_BINS = 20
 
 
 def _number(value: Any) -> float | None:
@@ -127,7 +141,7 @@ def neuron_record(row: Any, meta: dict[str, dict], generated: dict[str, list[str
     candidates = []
     for cand in row.candidates if row.candidates is not None else []:
         scores = cand.get("scores") or {}
-        candidates.append({
+        candidate = {
             "c": cand["concept"],
             "s": _number(cand.get("score")),
             "ss": [_number(scores.get(name)) for name in SCORE_NAMES],
@@ -136,9 +150,13 @@ def neuron_record(row: Any, meta: dict[str, dict], generated: dict[str, list[str
             "n": cand.get("images"),
             "r": cand.get("refused"),
             "g": generated.get(cand["concept"], []),
-        })
+        }
+        faithfulness = faithfulness_values(cand.get("faithfulness"))
+        if faithfulness is not None:
+            candidate["f"] = faithfulness
+        candidates.append(candidate)
     label = row.label if isinstance(row.label, str) else None
-    return {
+    record = {
         "n": int(row.neuron),
         "label": label,
         "labels": [str(x) for x in (row.labels if row.labels is not None else [])],
@@ -147,4 +165,80 @@ def neuron_record(row: Any, meta: dict[str, dict], generated: dict[str, list[str
         "tops": [image(t) for t in (row.top_images if row.top_images is not None else [])],
         "crops": [image({**c, "is_crop": True}) for c in (row.crops if row.crops is not None else [])],
         "cands": candidates,
+    }
+    # Runs made before `dnd score` existed have no faithfulness column at all; unscored rows hold null.
+    scored = getattr(row, "faithfulness", None)
+    faithfulness = faithfulness_values(scored)
+    if faithfulness is not None:
+        record["f"] = faithfulness
+        record["fs"] = scored.get("concepts")
+    return record
+
+
+def faithfulness_values(scores: Any) -> list[float | None] | None:
+    """A faithfulness struct as its metrics in FAITHFULNESS_METRICS order (null where undefined or
+    not computed), like ``ss`` holds the Step 3 scores; None when the struct is null (not scored)."""
+    if not isinstance(scores, dict):
+        return None
+    return [_number(scores.get(name)) for name in FAITHFULNESS_METRICS]
+
+
+def histogram(values: list[float], low: float, high: float, bins: int = HISTOGRAM_BINS) -> list[int]:
+    """Counts of ``values`` in ``bins`` equal bins over [low, high]; the top edge falls in the last
+    bin, and a value outside the range (rounding) in the nearest one."""
+    counts = [0] * bins
+    for value in values:
+        counts[min(bins - 1, max(0, int(math.floor((value - low) / (high - low) * bins))))] += 1
+    return counts
+
+
+def computed_metrics(records: list[dict[str, Any]], summary: dict[str, Any] | None) -> list[str]:
+    """The metrics ``dnd score`` computed: those its _SUCCESS summary lists, else those any label
+    or candidate of the run has a value for; in FAITHFULNESS_METRICS order."""
+    listed = (summary or {}).get("metrics")
+    if isinstance(listed, list) and listed:
+        return [name for name in FAITHFULNESS_METRICS if name in listed]
+    defined = set()
+    for record in records:
+        for scores in [record.get("f")] + [cand.get("f") for cand in record["cands"]]:
+            for name, value in zip(FAITHFULNESS_METRICS, scores or []):
+                if value is not None:
+                    defined.add(name)
+    return [name for name in FAITHFULNESS_METRICS if name in defined]
+
+
+def layer_faithfulness(records: list[dict[str, Any]], metrics: list[str]) -> dict[str, Any] | None:
+    """A layer's distribution of its labels' scores, per metric: a histogram over the metric's
+    range, with how many labels have a defined value and their median; None when no label of the
+    layer was scored."""
+    scored = [record["f"] for record in records if record.get("f") is not None]
+    if not scored:
+        return None
+    out: dict[str, Any] = {"scored": len(scored), "metrics": {}}
+    for name in metrics:
+        position = FAITHFULNESS_METRICS.index(name)
+        values = [scores[position] for scores in scored if scores[position] is not None]
+        low, high = FAITHFULNESS_RANGES[name]
+        out["metrics"][name] = {"low": low, "high": high, "counts": histogram(values, low, high),
+                                "defined": len(values), "median": _number(statistics.median(values)) if values else None}
+    return out
+
+
+def run_faithfulness(records: list[dict[str, Any]], manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """What the page needs to show a scored run's faithfulness at all: the order of the values in
+    every ``f``, which metrics were computed and their names, and the concept source and α from the
+    _SUCCESS summary; None when no label or candidate of the run was scored (nothing is shown)."""
+    if not any(record.get("f") is not None or any("f" in cand for cand in record["cands"]) for record in records):
+        return None
+    summary = manifest.get("faithfulness") if isinstance(manifest.get("faithfulness"), dict) else {}
+    metrics = computed_metrics(records, summary)
+    if not metrics:  # scored, yet no metric has a value anywhere: there is nothing to sort by or plot
+        return None
+    sources = sorted({record["fs"] for record in records if record.get("fs")})
+    return {
+        "order": list(FAITHFULNESS_METRICS),
+        "metrics": metrics,
+        "names": dict(FAITHFULNESS_NAMES),
+        "concepts": summary.get("concepts") or ", ".join(sources) or None,
+        "alpha": _number(summary.get("alpha")),
     }

@@ -4,7 +4,16 @@ Data are ``<script>`` files rather than JSON fetched at run time because browser
 ``fetch`` on ``file://``; the report must open by double-click, with no server. Each layer's data
 is loaded only when that layer is opened, and cards are built as they scroll into view, so a
 report of thousands of neurons opens as fast as one of ten.
+
+A run scored by ``dnd score`` also gets its faithfulness (NeuronEval): each label's and candidate's
+metrics on its card, a sort and a minimum filter by any metric, and per layer a histogram of the
+labels' scores for each metric, drawn as inline SVG so the page still needs no library or network.
+A run not scored shows none of it.
 """
+
+from __future__ import annotations
+
+from typing import Any
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:0;color:#222;background:#f6f6f4}
@@ -31,16 +40,30 @@ table{border-collapse:collapse;font-size:12px;margin-top:6px}td,th{border-bottom
 .gen img{width:48px;height:48px;margin-right:2px}
 .error{color:#c62828;font-size:12px;white-space:pre-wrap}
 h3{font-size:13px;margin:8px 0 4px}
+.faith{font-size:12px;color:#37474f;margin:2px 0 6px}
+#score-controls{font-size:13px;margin:6px 0;display:flex;flex-wrap:wrap;gap:14px}
+#score-controls input{width:6em}
+#faithfulness .note{font-size:12px;color:#555}
+.hists{display:flex;flex-wrap:wrap;gap:14px;margin:4px 0 8px}
+figure.hist{width:184px}figure.hist figcaption{font-size:11px}
+.hist .bar{fill:#546e7a}.hist .bar.below{fill:#cfd8dc}.hist .hit{fill:transparent;cursor:pointer}
+.hist .axis{stroke:#90a4ae}.hist text{font-size:9px;fill:#555}
 """
 
 SCRIPT = r"""
 (function(){
-var I=window.DND_INDEX, loaded={}, state={layer:null,rows:[],shown:0,query:''};
+var I=window.DND_INDEX, loaded={}, state={layer:null,rows:[],shown:0,query:'',sort:'',minMetric:'',min:null};
 var SCORES=['mean','top-k squared','image products','top-k sq. x image products'];
+// Faithfulness of a scored run (null when not scored: then nothing below draws or filters).
+var F=I.faithfulness||null, SVG='http://www.w3.org/2000/svg';
 window.DND_LAYER=function(k,rows){loaded[k]=rows;if(state.pending===k){state.pending=null;show(k);}};
 function el(tag,attrs,text){var e=document.createElement(tag);if(attrs)for(var a in attrs)e.setAttribute(a,attrs[a]);
  if(text!==undefined&&text!==null)e.textContent=String(text);return e;}
 function fmt(x){return x===null||x===undefined?'-':Number(x).toPrecision(4);}
+function sc(x){return x===null||x===undefined?'-':Number(x).toFixed(3);}
+// A metric's value in a row's or candidate's f (values in F.order); null where undefined or not scored.
+function fval(f,m){if(!f)return null;var v=f[F.order.indexOf(m)];return v===undefined?null:v;}
+function fline(f){return F.metrics.map(function(m){return F.names[m]+' '+sc(fval(f,m));}).join(' \u00b7 ');}
 function thumb(id,gen){var have=gen?I.generated:I.thumbs;if(!have[id])return el('span',{'class':'missing'},'not stored');
  return el('img',{src:(gen?'thumbs/g/':'thumbs/')+id+'.jpg',loading:'lazy',alt:id});}
 function figure(t){var f=el('figure');f.appendChild(thumb(t.id));
@@ -54,15 +77,20 @@ function card(layer,r){var c=el('div',{'class':'card','data-neuron':r.n});
  var h=el('h2');h.appendChild(el('span',null,layer+' / '+r.n+'  '));h.appendChild(el('span',{'class':'status-'+r.status},r.status));c.appendChild(h);
  c.appendChild(el('div',{'class':'label'},r.label===null?'(no label)':r.label));
  if(r.labels.length)c.appendChild(el('div',{'class':'labels'},'labels: '+r.labels.join(' | ')));
+ if(F&&r.f)c.appendChild(el('div',{'class':'faith',title:'faithfulness of the label over the whole probing set (NeuronEval)'},
+  'faithfulness: '+fline(r.f)+(r.fs?' ('+r.fs+')':'')));
  if(r.error)c.appendChild(el('div',{'class':'error'},r.error));
  c.appendChild(el('h3',null,'top images'));var d=el('div',{'class':'imgs'});r.tops.forEach(function(t){d.appendChild(figure(t));});c.appendChild(d);
  if(r.crops.length){c.appendChild(el('h3',null,'attention crops'));d=el('div',{'class':'imgs'});r.crops.forEach(function(t){d.appendChild(figure(t));});c.appendChild(d);}
  if(r.cands.length){c.appendChild(el('h3',null,'candidate concepts'));var tb=el('table'),hr=el('tr');
-  ['concept','score'].concat(SCORES).concat(['mean activation','images','generated']).forEach(function(x){hr.appendChild(el('th',null,x));});tb.appendChild(hr);
+  // Faithfulness columns go before the generated images, which are the widest and stay last.
+  ['concept','score'].concat(SCORES).concat(['mean activation','images']).concat(F?F.metrics.map(function(m){return F.names[m];}):[]).concat(['generated'])
+   .forEach(function(x){hr.appendChild(el('th',null,x));});tb.appendChild(hr);
   r.cands.forEach(function(k){var tr=el('tr');tr.appendChild(el('td',null,k.c+(k.sp?' (sub-phrase)':'')));tr.appendChild(el('td',null,fmt(k.s)));
    k.ss.forEach(function(s){tr.appendChild(el('td',null,fmt(s)));});
    tr.appendChild(el('td',null,fmt(k.ma)));
    tr.appendChild(el('td',null,(k.n===null?'-':k.n)+(k.r?' (refused: '+k.r+')':'')));
+   if(F)F.metrics.forEach(function(m){tr.appendChild(el('td',{'class':'faith-cell'},sc(fval(k.f,m))));});
    var g=el('td',{'class':'gen'});k.g.forEach(function(id){g.appendChild(thumb(id,true));});tr.appendChild(g);tb.appendChild(tr);});
   c.appendChild(tb);}
  return c;}
@@ -70,30 +98,90 @@ function matches(r,q){if(!q)return true;if(r.label&&r.label.toLowerCase().indexO
  for(var i=0;i<r.labels.length;i++)if(r.labels[i].toLowerCase().indexOf(q)>=0)return true;return false;}
 function more(){var box=document.getElementById('cards'),L=I.layers[state.layer],end=Math.min(state.rows.length,state.shown+40);
  for(;state.shown<end;state.shown++)box.insertBefore(card(L.name,state.rows[state.shown]),document.getElementById('sentinel'));}
+// The minimum filter keeps neurons whose label reaches it; a label with no value (unscored, undefined) does not.
+function reaches(r){if(!F||state.min===null||!state.minMetric)return true;var v=fval(r.f,state.minMetric);return v!==null&&v>=state.min;}
+// Highest score first, labels without one last; ties (and the default) in neuron order.
+function byScore(m){return function(a,b){var x=fval(a.f,m),y=fval(b.f,m);
+ if(x===null||y===null)return x===y?a.n-b.n:(x===null?1:-1);return y-x||a.n-b.n;};}
 function filter(){var q=state.query.trim().toLowerCase(),all=loaded[state.layer];
- state.rows=all.filter(function(r){return matches(r,q);});state.shown=0;
+ state.rows=all.filter(function(r){return matches(r,q)&&reaches(r);});
+ if(F&&state.sort)state.rows.sort(byScore(state.sort));state.shown=0;if(F)shade();
  var box=document.getElementById('cards');box.querySelectorAll('.card').forEach(function(c){c.remove();});
  document.getElementById('shown-count').textContent=state.rows.length+' of '+all.length+' neurons';more();}
+function sv(tag,attrs){var e=document.createElementNS(SVG,tag);for(var a in attrs)e.setAttribute(a,attrs[a]);return e;}
+// One metric's histogram of the layer's label scores: a bar per bin over the metric's whole range,
+// so layers compare by eye; clicking a bin keeps the neurons at or above its lower edge.
+function histogram(m,h){var W=180,H=48,n=h.counts.length,top=Math.max.apply(null,h.counts)||1,w=W/n,step=(h.high-h.low)/n;
+ var f=el('figure',{'class':'hist','data-metric':m});
+ f.appendChild(el('figcaption',null,F.names[m]+': median '+sc(h.median)+', '+h.defined+' defined'));
+ var s=sv('svg',{width:W,height:H+12,viewBox:'0 0 '+W+' '+(H+12),role:'img','aria-label':'histogram of '+m});
+ h.counts.forEach(function(c,i){var low=h.low+step*i,bh=c?Math.max(1,H*c/top):0;
+  s.appendChild(sv('rect',{'class':'bar','data-high':(low+step).toFixed(4),x:i*w+0.5,y:H-bh,width:w-1,height:bh}));
+  var hit=sv('rect',{'class':'hit',x:i*w,y:0,width:w,height:H}),t=sv('title',{});
+  t.textContent=F.names[m]+' '+low.toFixed(2)+' to '+(low+step).toFixed(2)+': '+c+' neuron'+(c===1?'':'s');hit.appendChild(t);
+  hit.addEventListener('click',function(){setMin(m,Number(low.toFixed(4)));});s.appendChild(hit);});
+ s.appendChild(sv('line',{'class':'axis',x1:0,y1:H+0.5,x2:W,y2:H+0.5}));
+ [[h.low,0,'start'],[h.high,W,'end']].concat(h.low<0?[[0,W/2,'middle']]:[]).forEach(function(a){
+  var t=sv('text',{x:a[1],y:H+10,'text-anchor':a[2]});t.textContent=a[0];s.appendChild(t);});
+ f.appendChild(s);return f;}
+function plots(L){var box=document.getElementById('faithfulness'),S=L.faithfulness;box.innerHTML='';
+ if(!S){box.appendChild(el('div',{'class':'note'},'no label of '+L.name+' was scored for faithfulness'));return;}
+ box.appendChild(el('div',{'class':'note'},'faithfulness of the labels over the whole probing set (NeuronEval'+(F.concepts?', concepts: '+F.concepts:'')+
+  '): '+S.scored+' of '+L.count+' neurons scored'+
+  (F.alpha!==null&&F.alpha!==undefined?'; F1 and IoU binarise each neuron at its top \u03b1 = '+F.alpha+' of probe images':'')));
+ var row=el('div',{'class':'hists'});F.metrics.forEach(function(m){if(S.metrics[m])row.appendChild(histogram(m,S.metrics[m]));});
+ box.appendChild(row);shade();}
+// Grey the bins below the minimum so the plot shows which part of the distribution is on screen.
+function shade(){document.querySelectorAll('#faithfulness .hist').forEach(function(f){var on=state.min!==null&&f.dataset.metric===state.minMetric;
+ f.querySelectorAll('.bar').forEach(function(b){b.setAttribute('class',on&&Number(b.getAttribute('data-high'))<=state.min?'bar below':'bar');});});}
+function setMin(m,v){state.minMetric=m;state.min=v;document.getElementById('min-metric').value=m;
+ document.getElementById('min-score').value=v===null?'':v;if(loaded[state.layer])filter();else shade();}
 function show(k){var L=I.layers[k];state.layer=k;
  document.querySelectorAll('nav a').forEach(function(a){a.className=a.dataset.layer===String(k)?'current':'';});
  document.getElementById('summary').textContent=L.name+': '+L.count+' neurons; '+Object.keys(L.status).map(function(s){return s+' '+L.status[s];}).join(', ');
  var lb=document.getElementById('labels');lb.innerHTML='';
  L.labels.forEach(function(p){var b=el('button',{type:'button',title:'show neurons labelled '+p[0]},p[0]+' ('+p[1]+')');
   b.onclick=function(){document.getElementById('search').value=p[0];state.query=p[0];filter();};lb.appendChild(b);});
+ if(F)plots(L);
  if(!loaded[k]){state.pending=k;var s=el('script',{src:'data/layer-'+k+'.js'});document.body.appendChild(s);return;}
  filter();}
 function route(){var m=/layer=(\d+)/.exec(location.hash);var k=m?Number(m[1]):0;if(I.layers[k])show(k);}
 document.addEventListener('DOMContentLoaded',function(){
  var nav=document.querySelector('nav');I.layers.forEach(function(L,k){var a=el('a',{href:'#layer='+k,'data-layer':k},L.name+' ('+L.count+')');nav.appendChild(a);});
  var input=document.getElementById('search');input.addEventListener('input',function(){state.query=input.value;filter();});
+ if(F){var sort=document.getElementById('sort'),metric=document.getElementById('min-metric'),min=document.getElementById('min-score');
+  state.minMetric=metric.value;
+  var ready=function(){return state.layer!==null&&loaded[state.layer];};
+  sort.addEventListener('change',function(){state.sort=sort.value;if(ready())filter();});
+  var minimum=function(){var v=parseFloat(min.value);state.minMetric=metric.value;state.min=isNaN(v)?null:v;if(ready())filter();};
+  metric.addEventListener('change',minimum);min.addEventListener('input',minimum);}
  new IntersectionObserver(function(es){if(es[0].isIntersecting&&state.layer!==null&&loaded[state.layer])more();}).observe(document.getElementById('sentinel'));
  window.addEventListener('hashchange',route);route();});
 })();
 """
 
 
-def page(title: str, run_uri: str, method: str = "") -> str:
-    """The report's single page; ``method`` is the line saying which method the run used."""
+def score_controls(faithfulness: dict[str, Any] | None) -> str:
+    """The layer view's faithfulness controls (sort, minimum filter) and the place of its
+    histograms; empty for a run that was not scored, so such a page shows nothing of it."""
+    from html import escape
+
+    if not faithfulness or not faithfulness.get("metrics"):
+        return ""
+    names = faithfulness["names"]
+    options = "".join(f'<option value="{escape(m)}">{escape(names.get(m, m))}</option>' for m in faithfulness["metrics"])
+    return (
+        '<div id="faithfulness"></div>\n<div id="score-controls">'
+        f'<label>sort by <select id="sort"><option value="">neuron index</option>{options}</select></label>'
+        f'<label>only labels with <select id="min-metric">{options}</select> at least '
+        '<input id="min-score" type="number" step="0.05" placeholder="any" aria-label="minimum faithfulness"></label>'
+        "</div>\n"
+    )
+
+
+def page(title: str, run_uri: str, method: str = "", faithfulness: dict[str, Any] | None = None) -> str:
+    """The report's single page; ``method`` is the line saying which method the run used and
+    ``faithfulness`` the index's faithfulness entry (None for a run not scored)."""
     from html import escape
 
     return f"""<!DOCTYPE html>
@@ -106,7 +194,7 @@ def page(title: str, run_uri: str, method: str = "") -> str:
 <header><h1>{escape(title)}</h1><div class="run">{escape(run_uri)}</div><div class="run method">{escape(method)}</div></header>
 <nav><span>layers:</span></nav>
 <main><div id="summary"></div><div id="labels"></div>
-<input id="search" type="search" placeholder="filter by label text" aria-label="filter by label text">
+{score_controls(faithfulness)}<input id="search" type="search" placeholder="filter by label text" aria-label="filter by label text">
 <div id="shown-count"></div><div id="cards"><div id="sentinel"></div></div></main>
 </body></html>
 """

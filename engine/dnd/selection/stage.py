@@ -64,9 +64,10 @@ class EmbedActor:
         return {"id": ids, "embedding": np.asarray(vectors, dtype=np.float32)}
 
 
-def _embed(config: RunConfig, layout: RunLayout, dataset: Any, keys: dict[str, str], log: Callable[[str], None],
+def embed_items(config: RunConfig, layout: RunLayout, dataset: Any, keys: dict[str, str], log: Callable[[str], None],
            what: str, tally: dict[str, int] | None = None) -> dict[str, np.ndarray]:
-    """Embeddings for ``keys`` (item -> cache key): cached ones, plus ``dataset``'s rows for the rest."""
+    """Embeddings for ``keys`` (item -> cache key): cached ones, plus ``dataset(missing items)``'s rows
+    (``text`` or ``image_id`` and encoded ``data``) for the rest, through the run's embedder."""
     from dnd.models.pools import actor_pool_options
 
     stage = config.selection.embedder
@@ -85,7 +86,7 @@ def _embed(config: RunConfig, layout: RunLayout, dataset: Any, keys: dict[str, s
                     item = str(item)
                     out[item] = np.asarray(vector, dtype=np.float32)
                     writer.add({"key": keys[item], "embedding": out[item].tolist()})
-    log(f"step 3: {len(keys)} {what} embedded ({len(keys) - len(missing)} from cache)")
+    log(f"{what}: {len(keys)} embedded ({len(keys) - len(missing)} from cache)")
     if tally is not None:  # cache hits and embedder calls, for the manifest
         for name, n in cache.stats.as_dict().items():
             tally[name] = tally.get(name, 0) + n
@@ -190,9 +191,9 @@ def embed_texts(config: RunConfig, state: Step3, layout: RunLayout, texts: set[s
     import ray
 
     model_key = embedder_key(config.selection.embedder)
-    state.text_emb.update(_embed(
+    state.text_emb.update(embed_items(
         config, layout, lambda items: ray.data.from_items([{"text": t} for t in sorted(items)]),
-        {t: content_key(model_key, "text", t) for t in texts}, log, "candidate concepts", _embed_tally(state),
+        {t: content_key(model_key, "text", t) for t in texts}, log, "step 3: candidate concepts", _embed_tally(state),
     ))
 
 
@@ -211,9 +212,9 @@ def embed(config: RunConfig, state: Step3, layout: RunLayout, generated_images: 
         return stored.union(made)
 
     tally = _embed_tally(state)
-    state.image_emb = _embed(
+    state.image_emb = embed_items(
         config, layout, images_to_embed,
-        {i: content_key(model_key, "image", i) for i in top_ids | gen_ids}, log, "top and generated images", tally,
+        {i: content_key(model_key, "image", i) for i in top_ids | gen_ids}, log, "step 3: top and generated images", tally,
     )
     embed_texts(config, state, layout, {c.concept for r in state.active for c in r.candidates}, log)
 
