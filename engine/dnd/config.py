@@ -228,6 +228,31 @@ class FaithfulnessConfig(_Section):
     )
 
 
+class ClipDissectConfig(_Section):
+    """method clip-dissect: each neuron's label is the concept of a fixed set with the highest soft-WPMI
+    between its top probe images and the concept's text (CLIP-Dissect, ICLR 2023; its defaults)."""
+
+    concept_set: str = Field(
+        "english:20000", description="Concept set S: english:N (the N most frequent English words; needs wordfreq), "
+        "file:PATH (one concept a line) or planted[:N distractors] (the demo world's vocabulary)."
+    )
+    top_k: int = Field(100, ge=1, description="Most activating probe images forming each neuron's soft example set.")
+    a: float = Field(10.0, gt=0, description="Scale of image-concept similarities in the softmax over concepts.")
+    lam: float = Field(1.0, ge=0, description="Weight of the concept's prior, log p(t), subtracted from log p(t | examples).")
+    p_start: float = Field(0.998, gt=0, le=1, description="Membership probability of a neuron's most activating image.")
+    p_end: float = Field(0.97, gt=0, le=1, description="Membership falls linearly from p_start towards this over the top_k images.")
+    candidates: int = Field(5, ge=1, description="Concepts reported per neuron, best soft-WPMI first; the first is the label.")
+
+
+class CandidatesConfig(_Section):
+    """Where Step 3's candidate concepts come from, beside Step 2's summaries."""
+
+    clip_dissect_top: int = Field(
+        0, ge=0, description="Also give each neuron CLIP-Dissect's best N concepts of clip_dissect.concept_set as "
+        "candidates, for Step 3's generated images to weigh against the summaries' (0: none)."
+    )
+
+
 class RayConfig(_Section):
     address: str | None = Field(None, description="Ray address; null joins a running cluster or starts a local one.")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray started by dnd (null = all).")
@@ -237,13 +262,22 @@ class RayConfig(_Section):
 NeuronSpec = Union[Literal["all"], int, str, list[Union[int, str]]]
 
 
-Method = Literal["paper", "dnd"]
+Method = Literal["paper", "dnd", "clip-dissect"]
 
 #: What a method sets where the config does not. The fields' own defaults are the paper's (section 3
 #: and A.1 as written; where the paper is silent, the authors' published procedure: crops per neuron,
 #: no minimum crop size). ``dnd`` is the paper plus dnd's measured additions, each still switchable.
 METHOD_DEFAULTS: dict[str, dict[tuple[str, str], Any]] = {
     "paper": {
+        ("step1", "linear_crops"): "none",
+        ("step1", "min_crop_pixels"): 1,
+        ("captioner", "cleanup"): False,
+        ("selection", "parsimony_share"): None,
+        ("selection", "multilabel_share"): None,
+    },
+    # CLIP-Dissect reads the probing set only: no attention crops, nothing of Steps 2-3.
+    "clip-dissect": {
+        ("step1", "crops"): False,
         ("step1", "linear_crops"): "none",
         ("step1", "min_crop_pixels"): 1,
         ("captioner", "cleanup"): False,
@@ -270,7 +304,8 @@ class RunConfig(_Section):
     method: Method = Field(
         "paper", description="paper: the paper exactly (section 3, A.1); dnd: the paper plus dnd's additions (Grad-CAM crops "
         "for linear neurons, an 8-pixel minimum crop side, caption clean-up, parsimony, activation "
-        "evidence for multiple labels), each still switchable on its own."
+        "evidence for multiple labels), each still switchable on its own; clip-dissect: CLIP-Dissect on the same Step 1 "
+        "(soft-WPMI over a fixed concept set, see clip_dissect)."
     )
     target: TargetConfig = Field(..., description="The network to dissect.")
     layers: list[str] = Field(..., min_length=1, description="Module names whose neurons are described (layer4, fc ...).")
@@ -291,6 +326,10 @@ class RunConfig(_Section):
     faithfulness: FaithfulnessConfig | None = Field(
         None, description="Score every label and candidate at the end of the run, as dnd score does (null: not scored)."
     )
+    clip_dissect: ClipDissectConfig = Field(
+        default_factory=ClipDissectConfig, description="method clip-dissect, and candidates.clip_dissect_top."
+    )
+    candidates: CandidatesConfig = Field(default_factory=CandidatesConfig, description="Extra candidate concepts.")
 
     @model_validator(mode="before")
     @classmethod
@@ -329,10 +368,15 @@ class RunConfig(_Section):
 
     @model_validator(mode="after")
     def _keep_activations_for_faithfulness(self) -> "RunConfig":
+        needed = [what for what, wanted in (("faithfulness", self.faithfulness is not None),
+                                            ("method clip-dissect", self.method == "clip-dissect"),
+                                            ("candidates.clip_dissect_top", self.candidates.clip_dissect_top > 0))
+                  if wanted]
         if self.step1.keep_activations is None:
-            self.step1.keep_activations = self.faithfulness is not None
-        elif self.faithfulness is not None and not self.step1.keep_activations:
-            raise ValueError("faithfulness needs every probe image's activations: step1.keep_activations cannot be false")
+            self.step1.keep_activations = bool(needed)
+        elif needed and not self.step1.keep_activations:
+            raise ValueError(f"{' and '.join(needed)} need every probe image's activations: "
+                             "step1.keep_activations cannot be false")
         return self
 
     @model_validator(mode="after")

@@ -26,6 +26,8 @@ STAGE_NAMES = {
     "step2a_captions": "step 2A (captions)",
     "step2b_concepts": "step 2B (candidate concepts)",
     "step3_selection": "step 3 (generation and selection)",
+    "clip_dissect": "CLIP-Dissect",
+    "step2c_clip_dissect_candidates": "CLIP-Dissect candidates",
 }
 
 
@@ -132,18 +134,7 @@ def dissect(config: RunConfig, log: Callable[[str], None] | None = None, overwri
         f"on {sum(source_counts.values())} probe images -> {config.output.uri}"
     )
     init_ray(config)
-
-    from dnd.activations.checkpoint import load_step1, save_step1, step1_digest
-
-    step1_key = step1_digest(config)
-    step1 = load_step1(layout, step1_key)
-    step1_resumed = step1 is not None
-    if step1_resumed:
-        log("step 1: finished by an earlier attempt of this run; top-K and crops loaded from its checkpoint")
-    else:
-        with named_stage("step 1"):
-            step1 = run_step1(config, layers, read_tasks, layout, log)
-        save_step1(layout, step1_key, step1)
+    step1, step1_resumed = step1_once(config, layers, read_tasks, layout, log)
     rows = assemble_rows(step1)
     counts = dict(step1.counts)
     timings = dict(step1.timings)
@@ -158,6 +149,7 @@ def dissect(config: RunConfig, log: Callable[[str], None] | None = None, overwri
     layout.remove("neurons")
     layout.write_table(neurons_table(rows), "neurons", "part-00000.parquet")
     if config.faithfulness is not None:
+        # Scored from the written table, as dnd score scores a finished run.
         from dnd.faithfulness.score import score_run
 
         scoring_started = time.time()
@@ -187,6 +179,22 @@ def dissect(config: RunConfig, log: Callable[[str], None] | None = None, overwri
     layout.write_json(manifest, "_SUCCESS")
     log(f"done in {timings['total_s']:.1f}s: {len(rows)} neurons, status {status}; results at {config.output.uri}")
     return Results(config.output.uri, config.output.storage_options)
+
+
+def step1_once(config: RunConfig, layers: list[Any], read_tasks: list[Any], layout: RunLayout,
+               log: Callable[[str], None]) -> tuple[Step1Result, bool]:
+    """Step 1's result and whether an earlier attempt of this run had finished it (its checkpoint)."""
+    from dnd.activations.checkpoint import load_step1, save_step1, step1_digest
+
+    step1_key = step1_digest(config)
+    step1 = load_step1(layout, step1_key)
+    if step1 is not None:
+        log("step 1: finished by an earlier attempt of this run; top-K and crops loaded from its checkpoint")
+        return step1, True
+    with named_stage("step 1"):
+        step1 = run_step1(config, layers, read_tasks, layout, log)
+    save_step1(layout, step1_key, step1)
+    return step1, False
 
 
 def run_step1(config: RunConfig, layers: list[Any], read_tasks: list[Any], layout: RunLayout,
@@ -248,7 +256,17 @@ def model_calls(step1: Step1Result, step1_resumed: bool, extra: dict[str, Any]) 
 
 
 def build_later_stages(config: RunConfig) -> list[Callable[..., Any]]:
-    """Steps 2 and 3, checked before any model work (missing API keys fail here, not an hour in)."""
+    """Steps 2 and 3 (or the method that replaces them), checked before any model work (missing API
+    keys fail here, not an hour in)."""
+    if config.method == "clip-dissect":
+        from dnd.methods.clip_dissect import check, run_clip_dissect
+
+        concepts = check(config)
+
+        def clip_dissect(config, step1, rows, layout, log):
+            return run_clip_dissect(config, step1, rows, layout, log, concepts)
+
+        return [clip_dissect]
     if config.captioner is None:
         return []
     from dnd.captioning.base import CAPTIONERS
@@ -275,6 +293,15 @@ def build_later_stages(config: RunConfig) -> list[Callable[..., Any]]:
         return run_concepts(config, step1, rows, layout, log, summarizer=summarizer)
 
     stages = [step2a_captions, step2b_concepts]
+    if config.candidates.clip_dissect_top > 0:
+        from dnd.methods.clip_dissect import add_candidates, check
+
+        concepts = check(config)
+
+        def step2c_clip_dissect_candidates(config, step1, rows, layout, log):
+            return add_candidates(config, step1, rows, layout, log, concepts)
+
+        stages.append(step2c_clip_dissect_candidates)
     if config.selection.enabled:
         check_options(GENERATORS, config.generator, "generator")
         preflight_backend(GENERATORS, config.generator)

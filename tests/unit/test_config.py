@@ -94,3 +94,15 @@ def test_every_field_is_documented():
     for line in reference.splitlines()[2:]:
         assert not line.rstrip().endswith("|  |"), f"undocumented config key: {line}"
     assert "`step1.top_k`" in reference and "`probe.sources[].uri`" in reference
+
+
+def test_methods_that_need_every_activation_keep_them():
+    from dnd.config import load_config
+
+    base = {"target": {"model": "torchvision:resnet18"}, "layers": ["fc"], "probe": {"sources": [{"uri": "gen://shapes"}]}}
+    assert load_config({**base, "method": "clip-dissect"}).step1.keep_activations is True
+    assert load_config({**base, "method": "clip-dissect"}).step1.crops is False
+    assert load_config({**base, "candidates": {"clip_dissect_top": 3}}).step1.keep_activations is True
+    assert load_config(base).step1.keep_activations is False
+    with pytest.raises(ConfigError, match="method clip-dissect need every probe image's activations"):
+        load_config({**base, "method": "clip-dissect", "step1": {"keep_activations": False}})

@@ -60,7 +60,7 @@ def test_a_method_override_on_a_built_config_carries_that_methods_defaults():
 
 
 def test_an_unknown_method_is_named():
-    with pytest.raises(ConfigError, match=r"method: Input should be 'paper' or 'dnd' \(got 'papr'\)"):
+    with pytest.raises(ConfigError, match=r"method: Input should be 'paper', 'dnd' or 'clip-dissect' \(got 'papr'\)"):
         load_config({**BASE, "method": "papr"})
 
 

@@ -94,28 +94,7 @@ def run_pass_a(config: RunConfig, layers: list[LayerPlan], read_tasks: list[Any]
     seen: dict[int, ProbeImage] = {}
     per_source: Counter[str] = Counter()
     for batch in activations.iter_batches(batch_size=None, batch_format="numpy"):
-        keep = []
-        for row, (key, error) in enumerate(zip(batch["key"], batch["error"])):
-            result.images_read += 1
-            ref = str(batch["ref"][row])
-            if error:
-                result.skip(str(error).split(" (")[0], f"{ref}: {error}")
-                continue
-            key = int(key)
-            image = ProbeImage(str(batch["image_id"][row]), ref, str(batch["source"][row]))
-            if key in seen:
-                # The same bytes twice: one image. Which copy is recorded must not depend on the
-                # order Ray delivers batches in, so the earlier source (then the smaller ref) wins.
-                kept = seen[key]
-                if (source_rank.get(image.source, 0), image.ref) < (source_rank.get(kept.source, 0), kept.ref):
-                    seen[key], image, kept = image, kept, image
-                    per_source[kept.source] -= 1
-                    per_source[seen[key].source] += 1
-                result.skip("duplicate image", f"{image.ref}: same bytes as {seen[key].ref}")
-                continue
-            seen[key] = image
-            per_source[image.source] += 1
-            keep.append(row)
+        keep = _first_sightings(batch, result, seen, source_rank, per_source)
         if keep:
             index = np.asarray(keep)
             keys = batch["key"][index].astype(np.uint64)
@@ -140,6 +119,35 @@ def run_pass_a(config: RunConfig, layers: list[LayerPlan], read_tasks: list[Any]
         winners.update(int(k) for k in state.winners())
     result.probe = {key: seen[key] for key in winners}
     return result
+
+
+def _first_sightings(batch: dict[str, Any], result: PassA, seen: dict[int, ProbeImage], source_rank: dict[str, int],
+                     per_source: Counter[str]) -> list[int]:
+    """The rows of ``batch`` that are images not seen before; failed reads and repeated bytes are
+    counted as skips in ``result``, and ``seen`` and ``per_source`` learn the new images."""
+    keep = []
+    for row, (key, error) in enumerate(zip(batch["key"], batch["error"])):
+        result.images_read += 1
+        ref = str(batch["ref"][row])
+        if error:
+            result.skip(str(error).split(" (")[0], f"{ref}: {error}")
+            continue
+        key = int(key)
+        image = ProbeImage(str(batch["image_id"][row]), ref, str(batch["source"][row]))
+        if key in seen:
+            # The same bytes twice: one image. Which copy is recorded must not depend on the
+            # order Ray delivers batches in, so the earlier source (then the smaller ref) wins.
+            kept = seen[key]
+            if (source_rank.get(image.source, 0), image.ref) < (source_rank.get(kept.source, 0), kept.ref):
+                seen[key], image, kept = image, kept, image
+                per_source[kept.source] -= 1
+                per_source[seen[key].source] += 1
+            result.skip("duplicate image", f"{image.ref}: same bytes as {seen[key].ref}")
+            continue
+        seen[key] = image
+        per_source[image.source] += 1
+        keep.append(row)
+    return keep
 
 
 def crop_requests(layers: list[LayerPlan], topk: list[StreamingTopK], probe: dict[int, ProbeImage],

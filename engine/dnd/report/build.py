@@ -25,6 +25,21 @@ def _script(call: str, *values: Any) -> bytes:
     return f"{call}({body});\n".encode()
 
 
+def _layer_entry(name: str, records: list[dict[str, Any]], faithfulness: dict[str, Any] | None) -> dict[str, Any]:
+    """A layer's line of the index: its size, statuses, most common labels and, for a scored run,
+    the distribution of its labels' faithfulness."""
+    counts = Counter(r["label"] for r in records if r["label"])
+    entry = {
+        "name": name,
+        "count": len(records),
+        "status": dict(Counter(r["status"] for r in records)),
+        "labels": [[label, n] for label, n in counts.most_common(TOP_LABELS)],
+    }
+    if faithfulness is not None:
+        entry["faithfulness"] = layer_faithfulness(records, faithfulness["metrics"])
+    return entry
+
+
 def build_report(uri: str, out: str | None = None, storage_options: dict | None = None,
                  log: Callable[[str], None] | None = None) -> str:
     """Write the report of the run at ``uri`` to ``out`` (default ``<uri>/report``); return index.html's location."""
@@ -66,15 +81,7 @@ def build_report(uri: str, out: str | None = None, storage_options: dict | None 
                     wanted_images.add(image["p"])
             for cand in record["cands"]:
                 wanted_generated.update(cand["g"])
-        counts = Counter(r["label"] for r in records if r["label"])
-        index_layers.append({
-            "name": name,
-            "count": len(records),
-            "status": dict(Counter(r["status"] for r in records)),
-            "labels": [[label, n] for label, n in counts.most_common(TOP_LABELS)],
-        })
-        if faithfulness is not None:
-            index_layers[-1]["faithfulness"] = layer_faithfulness(records, faithfulness["metrics"])
+        index_layers.append(_layer_entry(name, records, faithfulness))
         with fs.open(target.path("data", f"layer-{k}.js"), "wb") as handle:
             handle.write(_script("DND_LAYER", k, records))
 

@@ -48,3 +48,40 @@ class PlantedSource:
                 continue
             present[t] = [present_in(concept, scene) for scene in scenes]
         return ConceptVectors(present.astype(np.float32), present, notes={"outside_vocabulary": outside})
+
+
+def _distractors(n: int) -> list[str]:
+    """``n`` pronounceable words outside the world's vocabulary, the same on every call."""
+    import numpy as np
+
+    from dnd.synthetic.world import parse_phrase
+
+    rng = np.random.default_rng(0)
+    onsets, vowels, codas = "bdfgklmnprstvz", "aeiou", ["", "n", "r", "l", "m", "t"]
+    words: dict[str, None] = {}
+    while len(words) < n:
+        word = "".join(rng.choice(list(onsets)) + rng.choice(list(vowels)) for _ in range(rng.integers(2, 4)))
+        word += str(rng.choice(codas))
+        if parse_phrase(word) is None:
+            words.setdefault(word, None)
+    return list(words)
+
+
+def planted_concept_set(argument: str) -> list[str]:
+    """The world's vocabulary (every colour, shape and texture a neuron can detect) plus N distractors."""
+    from dnd.synthetic.truth import FC_CLASSES
+
+    try:
+        n = int(argument) if argument else 0
+    except ValueError:
+        raise ConfigError(f"concept set planted:N needs a whole number of distractors, got {argument!r}") from None
+    return list(FC_CLASSES) + _distractors(n)
+
+
+def _register_concept_set() -> None:
+    from dnd.methods.concept_sets import CONCEPT_SETS
+
+    CONCEPT_SETS.register("planted")(planted_concept_set)
+
+
+_register_concept_set()
