@@ -66,6 +66,7 @@ def score_conditions(uri: str, concepts: str, explanations: dict) -> dict[str, d
     texts = sorted({t for per in explanations.values() for ts in per.values() for t in ts})
     kept, vectors = concept_vectors(uri, concepts, texts)
     row = {t: i for i, t in enumerate(texts)}
+    matrices = {layer: kept.matrix(layer) for layer in kept.layers}  # read each layer's Parquet once
     out: dict[str, dict[str, list]] = {c: {m: [] for m in METRICS} for c in CONDITIONS}
     for condition, per in explanations.items():
         for (layer, neuron), ts in sorted(per.items()):
@@ -76,7 +77,7 @@ def score_conditions(uri: str, concepts: str, explanations: dict) -> dict[str, d
             # A union of texts (a polysemantic truth) is one concept: present where any is.
             present = np.any([vectors.present[row[t]] for t in ts], axis=0)
             soft = np.max([vectors.soft[row[t]] for t in ts], axis=0)
-            activations = kept.matrix(layer)[[kept.layers[layer].index(neuron)]]
+            activations = matrices[layer][[kept.layers[layer].index(neuron)]]
             scores = score_pairs(activations, soft[None], [0], [0], present=present[None])
             for m in METRICS:
                 out[condition][m].append(float(scores[m][0]))
