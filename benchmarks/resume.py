@@ -2,12 +2,13 @@
 
 On a Ray head started here (127.0.0.1, its own temp dir and ports), the smoke config scaled up is run
 three ways with `dnd dissect` as the driver: (1) undisturbed; (2) the same config at a new URI, its
-driver killed (SIGKILL) at ~60% of (1)'s wall time, then (3) started again with the same command, which
-resumes. Prints one JSON line: the wall times, and the model calls repeated after resume — entries the
+driver killed (SIGKILL) at ~60% of (1)'s wall time (or, with --kill-in-pass-a F, once Step 1 pass A's
+progress save shows a fraction F of the probe images read), then (3) started again with the same
+command, which resumes. Prints one JSON line: the wall times, and the model calls repeated after resume — entries the
 killed attempt had persisted (Step 1's checkpoint, cached captions, LLM answers, generated images,
 target activations, embeddings) that the resumed attempt computed again (target 0).
 
-    RAY_AUTH_MODE=disabled python benchmarks/resume.py [--images 600] [--kill-at 0.6]
+    RAY_AUTH_MODE=disabled python benchmarks/resume.py [--images 600] [--kill-at 0.6 | --kill-in-pass-a 0.5]
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Callable
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -36,20 +38,38 @@ def log(message: str) -> None:
 
 def command(out: str, images: int) -> list[str]:
     return ["dnd", "dissect", os.path.join(REPO, "examples", "smoke.yaml"), "--out", out,
-            "--set", f"probe.sources=[{{uri: 'gen://shapes?n={images}&seed=0&size=64'}}]"]
+            "--set", f"probe.sources=[{{uri: 'gen://shapes?n={images}&seed=0&size=64'}}]",
+            # Pass A saves its progress often enough that a kill inside it has something to resume from.
+            "--set", f"output.checkpoint_images={max(50, images // 20)}"]
 
 
-def run(out: str, images: int, env: dict, kill_after: float | None = None) -> tuple[float, int | None]:
+def run(out: str, images: int, env: dict, kill_after: float | None = None,
+        kill_when: Callable[[], bool] | None = None) -> tuple[float, int | None]:
     started = time.time()
     with open(os.path.join(tempfile.gettempdir(), f"dnd-resume-bench-{os.getpid()}.log"), "ab") as sink:
         process = subprocess.Popen(command(out, images), env=env, stdout=sink, stderr=sink)
-        try:
-            code = process.wait(timeout=kill_after)
-        except subprocess.TimeoutExpired:
-            process.send_signal(signal.SIGKILL)  # a crash: no clean-up code runs
-            process.wait()
-            code = None
-    return time.time() - started, code
+        while process.poll() is None:
+            if (kill_after is not None and time.time() - started >= kill_after) or (kill_when is not None and kill_when()):
+                process.send_signal(signal.SIGKILL)  # a crash: no clean-up code runs
+                process.wait()
+                return time.time() - started, None
+            time.sleep(0.1)
+    return time.time() - started, process.returncode
+
+
+def pass_a_read(out: str) -> int:
+    """Probe images read as of pass A's last progress save under ``out`` (0 before the first)."""
+    import numpy as np
+
+    folder = os.path.join(out, "checkpoints")
+    saves = [f for f in os.listdir(folder) if f.endswith("-pass-a.npz")] if os.path.isdir(folder) else []
+    if not saves:
+        return 0
+    try:
+        with np.load(os.path.join(folder, saves[0]), allow_pickle=False) as data:
+            return int(json.loads(str(data["meta"]))["images_read"])
+    except (OSError, ValueError, KeyError):  # replaced while read: the next poll sees the new one
+        return 0
 
 
 def persisted(out: str) -> dict[str, int]:
@@ -71,6 +91,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=600, help="probe images (the smoke config has 200)")
     parser.add_argument("--kill-at", type=float, default=0.6, help="kill the second run at this fraction of the first's time")
+    parser.add_argument("--kill-in-pass-a", type=float, metavar="F",
+                        help="instead, kill it once pass A's progress save shows this fraction of the probe images read")
     args = parser.parse_args()
 
     head = RayHead()
@@ -84,20 +106,30 @@ def main() -> None:
         if code != 0:
             raise SystemExit(f"the undisturbed run failed (exit {code})")
         full = json.load(open(os.path.join(full_out, "_SUCCESS")))
-        log(f"full run {full_s:.1f}s; killing the next at {args.kill_at:.0%}")
-        killed_s, code = run(resumed_out, args.images, env, kill_after=full_s * args.kill_at)
+        if args.kill_in_pass_a is not None:
+            log(f"full run {full_s:.1f}s; killing the next once pass A has saved {args.kill_in_pass_a:.0%} of the probe")
+            killed_s, code = run(resumed_out, args.images, env,
+                                 kill_when=lambda: pass_a_read(resumed_out) >= args.kill_in_pass_a * args.images)
+        else:
+            log(f"full run {full_s:.1f}s; killing the next at {args.kill_at:.0%}")
+            killed_s, code = run(resumed_out, args.images, env, kill_after=full_s * args.kill_at)
         if code is not None:
             raise SystemExit(f"the run to be killed finished first (exit {code}); use a smaller --kill-at")
         before = persisted(resumed_out)
-        step1_saved = any(f.startswith("step1-") for f in os.listdir(os.path.join(resumed_out, "checkpoints"))) \
-            if os.path.isdir(os.path.join(resumed_out, "checkpoints")) else False
+        saves = os.listdir(os.path.join(resumed_out, "checkpoints")) if os.path.isdir(os.path.join(resumed_out, "checkpoints")) else []
+        # Step 1's whole result, not pass A's progress save (which resumes pass A from where it was).
+        step1_saved = any(f.startswith("step1-") and not f.endswith("-pass-a.npz") for f in saves)
         resumed_s, code = run(resumed_out, args.images, env)
         if code != 0:
             raise SystemExit(f"the resumed run failed (exit {code})")
         resumed = json.load(open(os.path.join(resumed_out, "_SUCCESS")))
         calls, full_calls = resumed["model_calls"], full["model_calls"]
         repeated = {family: max(0, before[name] + calls[family] - full_calls[family]) for name, family in CACHES.items()}
-        repeated["target_probe_images"] = calls["target_probe_images"] if step1_saved else 0
+        restored = int(resumed["counts"].get("pass_a_restored_images", 0))
+        # Probe images the target saw again: all of them after a finished Step 1 (it should load its
+        # checkpoint instead); inside pass A, those beyond what the full run needed less the restored.
+        repeated["target_probe_images"] = calls["target_probe_images"] if step1_saved else \
+            max(0, calls["target_probe_images"] + restored - full_calls["target_probe_images"])
         same = _neurons(full_out) == _neurons(resumed_out)
         print(json.dumps({
             "benchmark": "resume", "probe_images": args.images, "neurons": full["counts"]["neurons"],
@@ -107,6 +139,8 @@ def main() -> None:
             "step1_checkpoint_before_kill": step1_saved, "persisted_before_resume": before,
             "model_calls_full": full_calls, "model_calls_resumed_part": calls,
             "repeated_model_calls": sum(repeated.values()), "repeated_by_family": repeated,
+            "pass_a_images_restored": restored,
+            "load_average_1m_after": round(os.getloadavg()[0], 2),
             "same_results": same,
         }))
     finally:

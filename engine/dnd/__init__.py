@@ -14,7 +14,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from dnd.results import Results
 
 __all__ = [
-    "dissect", "load_config", "Results", "RunConfig", "__version__",
+    "dissect", "compare", "load_config", "Results", "RunConfig", "__version__",
     "report", "eval_fc", "analyze_clusters", "analyze_prune", "analyze_ood",
 ]
 
@@ -25,6 +25,15 @@ def dissect(config: "RunConfig | dict | str", **overrides: Any) -> "Results":
     from dnd.pipeline import dissect as _dissect
 
     return _dissect(config, **overrides)
+
+
+def compare(config: "RunConfig | dict | str", methods: "str | list[str]" = "paper,dnd,clip-dissect",
+            out: str | None = None, **options: Any) -> dict:
+    """Describe ``config``'s neurons with each of ``methods`` on one shared Step 1, score them alike,
+    and return the comparison (see ``dnd compare``); each method's run is at ``<out>/<method>``."""
+    from dnd.methods.compare import compare as _compare
+
+    return _compare(config, methods, out, **options)
 
 
 def load_config(source: Any, overrides: list[str] | None = None) -> "RunConfig":

@@ -32,6 +32,46 @@ def _cmd_dissect(args: argparse.Namespace) -> int:
     return 0 if failed == 0 else 3
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from dnd.methods.compare import compare
+
+    summary = compare(args.config, args.methods, args.out, concepts=args.concepts, options=args.variant_options,
+                      overrides=args.overrides, own_caches=args.own_caches, overwrite=args.overwrite)
+    print_comparison(summary)
+    failed = sum(m["neurons"] - m["ok"] for m in summary["summary"].values())
+    return 0 if failed == 0 else 3
+
+
+def print_comparison(summary: dict[str, Any]) -> None:
+    """Per layer, each method's mean faithfulness; then each method's cost after the shared Step 1."""
+    methods = summary["methods"]
+    per = summary["summary"]
+    width = max(12, *(len(m) + 2 for m in methods))
+
+    def line(title: str, values: list[str]) -> str:
+        return f"{title:<34}" + "".join(f"{v:>{width}}" for v in values)
+
+    def number(value: Any, form: str) -> str:
+        return format(value, form) if isinstance(value, (int, float)) else "n/a"
+
+    step1 = summary.get("step1") or {}
+    print(f"compared {', '.join(methods)} on one Step 1 ({step1.get('target_forward_images', '?')} target-model "
+          f"images, computed by {step1.get('computed_by', 'an earlier attempt')})")
+    print(line("", methods))
+    layers = list(dict.fromkeys(layer for name in methods for layer in per[name]["per_layer"]))
+    for layer in layers:
+        for metric in ("correlation", "auprc"):
+            values = [number(per[name]["per_layer"].get(layer, {}).get(metric), ".3f") for name in methods]
+            print(line(f"{layer}: mean {metric}", values))
+    if not layers:
+        print("  (not scored: give --concepts, or a faithfulness section in the config)")
+    print(line("neurons ok", [f"{per[n]['ok']}/{per[n]['neurons']}" for n in methods]))
+    print(line("seconds per neuron after Step 1", [number(per[n]["seconds_per_neuron"], ".4f") for n in methods]))
+    root = summary["runs"][methods[0]].rsplit("/", 1)[0]
+    print(f"scored against: {summary.get('concepts') or 'nothing'}; runs: {', '.join(summary['runs'].values())}")
+    print(f"per-neuron table: {root}/table/   report with a method switcher: dnd report {root}")
+
+
 def _cmd_layers(args: argparse.Namespace) -> int:
     from dnd.models.recorder import layer_sizes
     from dnd.models.target import build_target
@@ -43,8 +83,14 @@ def _cmd_layers(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
+    from dnd.errors import ConfigError
     from dnd.results import Results
+    from dnd.store.layout import RunLayout
 
+    compared = RunLayout(args.uri).read_json("_COMPARE")
+    if compared is not None:
+        runs = ", ".join(compared.get("runs", {}).values())
+        raise ConfigError(f"{args.uri!r} holds a comparison of several runs (dnd compare); show one of them: {runs}")
     frame = Results(args.uri).neurons
     if args.layer:
         frame = frame[frame["layer"] == args.layer]
@@ -160,6 +206,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace a run of another configuration (e.g. other --images) at --out; caches are kept")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser(
+        "compare", help="describe the same neurons with several methods on one shared Step 1 and compare their "
+        "labels, faithfulness and cost per neuron",
+    )
+    p.add_argument("config", help="run configuration YAML (its target, layers, neurons, probe and Step 1 are shared)")
+    p.add_argument("--methods", default="paper,dnd,clip-dissect",
+                   help="comma-separated methods (default paper,dnd,clip-dissect); NAME=METHOD adds a named variant, "
+                        "e.g. hybrid=dnd")
+    p.add_argument("--with", dest="variant_options", action="append", default=[], metavar="NAME:KEY=VALUE",
+                   help="an option of one method only, e.g. --with hybrid:candidates.clip_dissect_top=5 (repeatable)")
+    p.add_argument("--concepts", help="concept source every method is scored against (as dnd score --concepts; "
+                                      "default: the config's faithfulness section, else clip)")
+    p.add_argument("--own-caches", action="store_true",
+                   help="a cache per method, so each one's seconds per neuron count every model call it needs "
+                        "(default: one shared cache; a method reuses what an earlier one computed)")
+    p.add_argument("--overwrite", action="store_true", help="replace runs of another configuration under --out")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("layers", help="list a model's layers with their neuron counts (no weights are downloaded)")
     p.add_argument("model", help="model spec, e.g. torchvision:resnet50")

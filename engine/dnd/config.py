@@ -204,7 +204,16 @@ class SelectionConfig(_Section):
 class OutputConfig(_Section):
     uri: str = Field("dnd-results", description="Where results go: a local path or an fsspec URI (s3://bucket/prefix).")
     cache_uri: str | None = Field(None, description="Shared cache location; defaults to <uri>/cache.")
+    step1_uri: str | None = Field(
+        None, description="Where Step 1's checkpoint, top images and kept activations go; runs that name the same "
+        "one with the same Step 1 share it (dnd compare does); defaults to <uri>."
+    )
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for the output location.")
+    checkpoint_images: int = Field(
+        5000, ge=1, description="Step 1 pass A saves its progress (top-K so far, images taken) every this many probe "
+        "images, so a run killed inside Step 1 resumes from the last save."
+    )
+    checkpoint_seconds: float = Field(300.0, gt=0, description="... or every this many seconds, whichever comes first.")
     image_format: Literal["png", "jpeg"] = Field("png", description="Encoding of crops and generated images in images/.")
 
 

@@ -66,6 +66,9 @@ def init_ray(config: RunConfig) -> None:
     if address:
         kwargs["address"] = address
     else:
+        from dnd.ray_address import refuse_dead_recorded_head
+
+        refuse_dead_recorded_head()  # ray.init() would join the head `ray start` recorded, dead or alive
         if config.ray.num_cpus:
             kwargs["num_cpus"] = config.ray.num_cpus
         if config.ray.object_store_memory:
@@ -116,7 +119,8 @@ def dissect(config: RunConfig, log: Callable[[str], None] | None = None, overwri
     config = load_config(config, [f"{k}={v}" for k, v in overrides.items()]) if not isinstance(config, RunConfig) or overrides else config
     started = time.time()
     # Storage first: a missing bucket or bad credentials must fail before any model is built.
-    layout = RunLayout(config.output.uri, config.output.storage_options, config.output.cache_uri)
+    layout = RunLayout(config.output.uri, config.output.storage_options, config.output.cache_uri,
+                       config.output.step1_uri)
     layout.check_writable()
     layers = plan_layers(config)
     read_tasks, source_counts = plan_reads(config.probe)
@@ -185,30 +189,53 @@ def step1_once(config: RunConfig, layers: list[Any], read_tasks: list[Any], layo
                log: Callable[[str], None]) -> tuple[Step1Result, bool]:
     """Step 1's result and whether an earlier attempt of this run had finished it (its checkpoint)."""
     from dnd.activations.checkpoint import load_step1, save_step1, step1_digest
+    from dnd.activations.progress import PassAProgress
 
     step1_key = step1_digest(config)
-    step1 = load_step1(layout, step1_key)
+    if layout.shares_step1:
+        claim_shared_step1(layout.step1, step1_key)
+    step1 = load_step1(layout.step1, step1_key)
     if step1 is not None:
-        log("step 1: finished by an earlier attempt of this run; top-K and crops loaded from its checkpoint")
+        log(f"step 1: finished earlier{' (shared Step 1 at ' + layout.step1.uri + ')' if layout.shares_step1 else ''}; "
+            "top-K and crops loaded from its checkpoint")
         return step1, True
     with named_stage("step 1"):
         step1 = run_step1(config, layers, read_tasks, layout, log)
-    save_step1(layout, step1_key, step1)
+    save_step1(layout.step1, step1_key, step1)
+    PassAProgress.discard(layout.step1, step1_key)
     return step1, False
+
+
+def claim_shared_step1(step1_layout: RunLayout, step1_key: str) -> None:
+    """A shared Step 1 location serves one Step 1 only: its images/ and activations/ are not keyed by
+    digest, so a run with other Step 1 settings must not write over what another run reads."""
+    recorded = (step1_layout.read_json("_STEP1") or {}).get("step1_digest")
+    if recorded is not None and recorded != step1_key:
+        raise ConfigError(
+            f"output.step1_uri {step1_layout.uri!r} holds the Step 1 of another target, probe, layers, neurons or "
+            f"step1 settings (digest {recorded}, this run's is {step1_key}); runs share a Step 1 only when all of "
+            "those are equal: use another output.step1_uri"
+        )
+    step1_layout.write_json({"step1_digest": step1_key}, "_STEP1")
 
 
 def run_step1(config: RunConfig, layers: list[Any], read_tasks: list[Any], layout: RunLayout,
               log: Callable[[str], None]) -> Any:
     """Step 1: pass A (every probe image, streaming top-K), then pass B (the top-K images read back
     once each, attention crops cut and scored), the crops merged into the final top-K as they come."""
+    from dnd.activations.checkpoint import step1_digest
+    from dnd.activations.progress import PassAProgress
     from dnd.activations.step1 import CropMerger, crop_requests, run_pass_a
     from dnd.cropping.stage import run_pass_b
     from dnd.store.activations import ActivationWriter
 
     step1 = config.step1
-    kept = ActivationWriter(layout, layers, step1.activations_dtype) if step1.keep_activations else None
+    progress = PassAProgress(layout.step1, step1_digest(config), config.output.checkpoint_images,
+                             config.output.checkpoint_seconds)
+    resume = progress.saved.get("kept") if progress.saved is not None else None
+    kept = ActivationWriter(layout.step1, layers, step1.activations_dtype, resume=resume) if step1.keep_activations else None
     try:
-        found = run_pass_a(config, layers, read_tasks, log, keep_all=kept.add if kept else None)
+        found = run_pass_a(config, layers, read_tasks, log, kept=kept, progress=progress)
     except BaseException:
         if kept is not None:
             kept.abort()
@@ -228,6 +255,8 @@ def run_step1(config: RunConfig, layers: list[Any], read_tasks: list[Any], layou
         "top_images_unique": len(found.probe),
         "crops": cropped.crop_count,
         "target_forward_images": found.images_used + len(found.probe) + cropped.crop_count,
+        # Images an earlier attempt of pass A had run through the target before its last save.
+        "pass_a_restored_images": found.restored,
     }
     if kept_counts is not None:
         counts["activations_kept"] = kept_counts
@@ -245,13 +274,15 @@ def model_calls(step1: Step1Result, step1_resumed: bool, extra: dict[str, Any]) 
     # Step 3's parsimony round (the labels' sub-phrases) generates and measures images of its own.
     parsimony = extra.get("parsimony") or {}
     return {
-        "target_probe_images": 0 if step1_resumed else int(step1.counts.get("target_forward_images", 0)),
+        "target_probe_images": 0 if step1_resumed else int(step1.counts.get("target_forward_images", 0))
+        - int(step1.counts.get("pass_a_restored_images", 0)),
         "captioner_images": misses(extra.get("captions")),
         "summarizer_requests": misses(extra.get("concepts")),
         "generator_images": misses(extra.get("generation")) + misses(parsimony.get("generation")),
         "target_generated_images": int((extra.get("generation") or {}).get("target_forward_images", 0))
         + int(parsimony.get("target_forward_images", 0)),
-        "embedder_inputs": misses(extra.get("embeddings")),
+        "embedder_inputs": misses(extra.get("embeddings")) + misses(extra.get("clip_dissect"))
+        + misses(extra.get("clip_dissect_candidates")),
     }
 
 

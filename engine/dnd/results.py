@@ -6,7 +6,7 @@ from functools import cached_property
 from typing import Any
 
 from dnd.errors import StorageError
-from dnd.store.layout import RunLayout
+from dnd.store.layout import open_layout
 
 
 class Results:
@@ -14,7 +14,7 @@ class Results:
 
     def __init__(self, uri: str, storage_options: dict | None = None):
         self.uri = uri
-        self.layout = RunLayout(uri, storage_options or {})
+        self.layout = open_layout(uri, storage_options)
 
     @cached_property
     def manifest(self) -> dict[str, Any]:
@@ -33,7 +33,7 @@ class Results:
 
     def images(self, ids: list[str] | None = None):
         """The images table (probe top images and crops) as pandas, optionally only ``ids``."""
-        table = self.layout.read_table("images")
+        table = self.layout.step1.read_table("images")
         frame = table.to_pandas()
         if ids is not None:
             frame = frame[frame["image_id"].isin(set(ids))]

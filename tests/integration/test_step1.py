@@ -206,3 +206,67 @@ def test_crop_scope_neuron_ranks_each_neuron_among_its_own_crops(local_ray, tmp_
         values.update({i: float(crop_values[i][row.neuron]) for i in own})
         expected = sorted(values, key=lambda i: (-values[i], int(i, 16)))[:4]
         assert [t["image_id"] for t in row.top_images] == expected, row.neuron
+
+
+def test_pass_a_killed_midway_resumes_from_its_last_save_with_the_same_top_k(local_ray, tmp_path):
+    """A pass A that dies after some batches resumes from its last progress save: it reads only what
+    was not taken, and its top-K, counts and kept activations equal an undisturbed pass A's."""
+    from dnd.activations.progress import PassAProgress
+    from dnd.activations.reading import read_and_prepare
+    from dnd.activations.step1 import run_pass_a
+    from dnd.pipeline import plan_layers
+    from dnd.probe.sources import plan_reads
+    from dnd.store.activations import ActivationWriter, read_activations
+    from dnd.store.layout import RunLayout
+
+    config = config_for(tmp_path)
+    layers = plan_layers(config)
+    read_tasks, _ = plan_reads(config.probe)
+    assert len(read_tasks) >= 3  # several read tasks, so a save can fall between them
+    quiet = lambda message: None  # noqa: E731
+
+    plain = RunLayout(str(tmp_path / "plain"))
+    kept = ActivationWriter(plain, layers)
+    undisturbed = run_pass_a(config, layers, read_tasks, quiet, kept=kept)
+    kept.close()
+
+    class DiesAfterTwoBatches(ActivationWriter):
+        def add(self, *args):
+            self.batches = getattr(self, "batches", 0) + 1
+            if self.batches > 2:
+                raise RuntimeError("killed")
+            super().add(*args)
+
+    layout = RunLayout(str(tmp_path / "killed"))
+    dying = DiesAfterTwoBatches(layout, layers, flush_images=8)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_pass_a(config, layers, read_tasks, quiet, kept=dying, progress=PassAProgress(layout, "d", 16, 1e9))
+    dying.abort()
+    progress = PassAProgress(layout, "d", 16, 1e9)
+    saved = progress.saved
+    assert saved is not None and 16 <= saved["images_read"] < N_IMAGES and saved["kept"]["images"] == len(saved["seen"])
+
+    # A taken ref is not even decoded again, let alone run through the model.
+    task = {name: [value] for name, value in {**read_tasks[0].as_row(), "task": 0}.items()}
+    first_refs = [str(r) for r in read_and_prepare(task, None, None, {})["ref"]]
+    again = read_and_prepare(task, None, None, {}, taken={0: first_refs[:5]})
+    assert [str(r) for r in again["ref"]] == first_refs[5:] and set(again["task_rows"]) == {len(first_refs)}
+
+    resumed_kept = ActivationWriter(layout, layers, resume=saved["kept"])
+    delivered = []
+    original_add = resumed_kept.add
+    resumed_kept.add = lambda ids, *rest: (delivered.extend(ids), original_add(ids, *rest))
+    resumed = run_pass_a(config, layers, read_tasks, quiet, kept=resumed_kept, progress=progress)
+    resumed_kept.close()
+    assert resumed.restored == len(saved["seen"]) > 0
+    assert len(delivered) == undisturbed.images_used - resumed.restored  # nothing taken twice
+    for mine, theirs in zip(resumed.topk, undisturbed.topk):
+        np.testing.assert_array_equal(mine.values, theirs.values)
+        np.testing.assert_array_equal(mine.keys, theirs.keys)
+    assert resumed.probe == undisturbed.probe
+    assert (resumed.images_read, resumed.images_used) == (undisturbed.images_read, undisturbed.images_used) == (N_IMAGES, N_IMAGES)
+    got, want = read_activations(layout), read_activations(plain)
+    assert sorted(got.image_ids) == sorted(want.image_ids) and len(got.image_ids) == N_IMAGES
+    for layer in LAYERS:
+        rows = dict(zip(got.image_ids, got.matrix(layer).T.tolist()))
+        assert rows == dict(zip(want.image_ids, want.matrix(layer).T.tolist()))

@@ -93,5 +93,3 @@ def load_step1(layout: RunLayout, digest: str) -> Any | None:
     )
 
 
-def checkpoint_uri(layout: RunLayout) -> str:
-    return join(layout.uri, CHECKPOINT_DIR)

@@ -22,7 +22,9 @@ from dnd.models.pools import actor_pool_options
 from dnd.records import LayerPlan, ProbeImage
 
 if TYPE_CHECKING:
+    from dnd.activations.progress import PassAProgress
     from dnd.config import RunConfig
+    from dnd.store.activations import ActivationWriter
 
 MAX_NAMED_SKIPS = 50
 
@@ -40,6 +42,8 @@ class PassA:
     skip_counts: Counter = field(default_factory=Counter)
     skipped: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     seconds: float = 0.0
+    #: Images an earlier attempt had taken before its last save (a resumed pass A does not read them again).
+    restored: int = 0
 
     def skip(self, reason: str, detail: str) -> None:
         self.skip_counts[reason] += 1
@@ -60,51 +64,42 @@ def read_concurrency(config: RunConfig) -> int | None:
 
 
 def run_pass_a(config: RunConfig, layers: list[LayerPlan], read_tasks: list[Any], log: Callable[[str], None],
-               keep_all: Callable[[list[str], list[str], list[str], list[np.ndarray]], None] | None = None) -> PassA:
+               kept: ActivationWriter | None = None, progress: PassAProgress | None = None) -> PassA:
     """Every probe image through the target model once; top-K per neuron kept on the driver.
-    ``keep_all(image_ids, refs, sources, per_layer)``, when given, also receives every used image's
-    activations as they stream by (``step1.keep_activations``)."""
-    import ray
-
-    from dnd.activations.reading import read_and_prepare
-    from dnd.models.actors import ProbeActivations
-    from dnd.models.target import build_target
-
-    # The driver needs only the input geometry; the actors build their own copies of the model.
-    target = build_target(config.target.model, config.target.weights, None, config.target.options)
-    read_kwargs = {"input_spec": target.input_spec, "preprocess": target.preprocess,
-                   "storage_options": config.probe.storage_options}
-    del target
-    started = time.time()
-    tasks = ray.data.from_items([t.as_row() for t in read_tasks])
-    prepared = tasks.map_batches(read_and_prepare, batch_size=1, fn_kwargs=read_kwargs, num_cpus=0.25,
-                                 compute=ray.data.TaskPoolStrategy(size=read_concurrency(config)))
-    activations = prepared.map_batches(
-        ProbeActivations,
-        fn_constructor_kwargs={"target_config": config.target.model_dump(mode="json"),
-                               "layers": [layer.name for layer in layers],
-                               "neurons": [layer.neurons for layer in layers], "summary": config.step1.summary},
-        batch_size=config.target.batch_size,
-        **actor_pool_options(config.target),
-    )
+    ``kept``, when given, also receives every used image's activations as they stream by
+    (``step1.keep_activations``). ``progress`` saves the state every so often and, when an earlier
+    attempt saved some, resumes from it: only what that attempt had not taken is read again."""
     result = PassA([StreamingTopK(len(layer.neurons), config.step1.top_k) for layer in layers], {}, 0, 0, {})
+    seen: dict[int, ProbeImage] = {}
+    per_source: Counter[str] = Counter()
+    done, taken = progress.restore(result, seen, per_source) if progress is not None else (set(), {})
+    result.restored = len(seen)
+    if progress is not None and progress.saved is not None:
+        log(f"step 1: pass A resumes from its last save: {len(done)} of {len(read_tasks)} read tasks finished, "
+            f"{result.images_read} probe images read")
     source_rank: dict[str, int] = {}
     for task in read_tasks:
         source_rank.setdefault(task.source, len(source_rank))
-    seen: dict[int, ProbeImage] = {}
-    per_source: Counter[str] = Counter()
-    for batch in activations.iter_batches(batch_size=None, batch_format="numpy"):
+    started = time.time()
+    remaining = [i for i in range(len(read_tasks)) if i not in done]
+    for batch in (_activation_stream(config, layers, read_tasks, remaining, taken) if remaining else ()):
         keep = _first_sightings(batch, result, seen, source_rank, per_source)
         if keep:
             index = np.asarray(keep)
             keys = batch["key"][index].astype(np.uint64)
             for i, state in enumerate(result.topk):
                 state.update(batch[f"act_{i}"][index], keys)
-            if keep_all is not None:
-                keep_all([str(x) for x in batch["image_id"][index]], [str(x) for x in batch["ref"][index]],
+            if kept is not None:
+                kept.add([str(x) for x in batch["image_id"][index]], [str(x) for x in batch["ref"][index]],
                          [str(x) for x in batch["source"][index]], [batch[f"act_{i}"][index] for i in range(len(layers))])
+        _finished_tasks(batch, taken, done)
+        if progress is not None and progress.due(result.images_read):
+            progress.save(result, seen, per_source, done, taken, kept.commit() if kept is not None else None)
         if result.images_read % 2000 < len(batch["key"]):
             log(f"step 1: {result.images_read} probe images through the target model")
+    if progress is not None and remaining:
+        # Pass A whole: a run that dies in pass B does not read the probing set again.
+        progress.save(result, seen, per_source, done, taken, kept.commit() if kept is not None else None)
     result.seconds = time.time() - started
     result.images_used = len(seen)
     result.per_source = dict(per_source)
@@ -119,6 +114,45 @@ def run_pass_a(config: RunConfig, layers: list[LayerPlan], read_tasks: list[Any]
         winners.update(int(k) for k in state.winners())
     result.probe = {key: seen[key] for key in winners}
     return result
+
+
+def _activation_stream(config: RunConfig, layers: list[LayerPlan], read_tasks: list[Any], remaining: list[int],
+                       taken: dict[int, list[str]]) -> Any:
+    """Batches of pass A: the ``remaining`` read tasks read, prepared and run through the actor pool."""
+    import ray
+
+    from dnd.activations.reading import read_and_prepare
+    from dnd.models.actors import ProbeActivations
+    from dnd.models.target import build_target
+
+    # The driver needs only the input geometry; the actors build their own copies of the model.
+    target = build_target(config.target.model, config.target.weights, None, config.target.options)
+    read_kwargs = {"input_spec": target.input_spec, "preprocess": target.preprocess,
+                   "storage_options": config.probe.storage_options,
+                   "taken": {t: refs for t, refs in taken.items() if refs}}
+    del target
+    tasks = ray.data.from_items([{**read_tasks[i].as_row(), "task": i} for i in remaining])
+    prepared = tasks.map_batches(read_and_prepare, batch_size=1, fn_kwargs=read_kwargs, num_cpus=0.25,
+                                 compute=ray.data.TaskPoolStrategy(size=read_concurrency(config)))
+    activations = prepared.map_batches(
+        ProbeActivations,
+        fn_constructor_kwargs={"target_config": config.target.model_dump(mode="json"),
+                               "layers": [layer.name for layer in layers],
+                               "neurons": [layer.neurons for layer in layers], "summary": config.step1.summary},
+        batch_size=config.target.batch_size,
+        **actor_pool_options(config.target),
+    )
+    return activations.iter_batches(batch_size=None, batch_format="numpy")
+
+
+def _finished_tasks(batch: dict[str, Any], taken: dict[int, list[str]], done: set[int]) -> None:
+    """Note the refs of ``batch`` as taken; a read task all of whose rows are taken is done."""
+    for task, size, ref in zip(batch["task"], batch["task_rows"], batch["ref"]):
+        refs = taken.setdefault(int(task), [])
+        refs.append(str(ref))
+        if len(refs) >= int(size):
+            done.add(int(task))
+            del taken[int(task)]
 
 
 def _first_sightings(batch: dict[str, Any], result: PassA, seen: dict[int, ProbeImage], source_rank: dict[str, int],

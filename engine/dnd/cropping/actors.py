@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from dnd.models.actors import TargetActor
+from dnd.models.oom import halving_on_oom, is_out_of_memory
 from dnd.probe.sources import read_refs
 
 
@@ -44,7 +45,7 @@ class AttentionCrops(TargetActor):
     def _linear_maps(self, pixels: np.ndarray, requests: dict[int, list[tuple[int, int]]]) -> dict[tuple[int, int, int], Any]:
         """Grad-CAM maps {(layer index, position, neuron): map} for linear-layer neurons (see
         ``dnd.cropping.gradcam``); empty unless ``step1.linear_crops`` is ``gradcam``."""
-        from dnd.cropping.gradcam import find_map_layer, gradcam_maps
+        from dnd.cropping.gradcam import find_map_layer
         from dnd.errors import ConfigError
 
         found: dict[tuple[int, int, int], Any] = {}
@@ -57,15 +58,36 @@ class AttentionCrops(TargetActor):
                 self.map_layers[name] = self.gradcam_layer or find_map_layer(
                     self.target.module, name, lambda: self.target.forward(x[:1]))
             try:
-                maps = gradcam_maps(self.target.module, self.target.forward, x, self.map_layers[name], name, pairs)
+                grids = self._gradcam_grids(x, name, pairs)
             except RuntimeError as exc:  # autograd cannot run through this model (in-place ops, frozen graph)
+                if is_out_of_memory(exc):
+                    raise  # one image that does not fit is a memory problem, not a configuration one
                 raise ConfigError(
                     f"Grad-CAM maps for layer {name!r} on {self.map_layers[name]!r} failed ({exc}); "
                     "set step1.gradcam_layer to another spatial layer, or step1.linear_crops: none"
                 ) from None
-            for (position, neuron), grid in maps.items():
+            for (position, neuron), grid in zip(pairs, grids):
                 found[(layer_index, position, neuron)] = grid
         return found
+
+    def _gradcam_grids(self, x: Any, layer: str, pairs: list[tuple[int, int]]) -> list[Any]:
+        """Grad-CAM maps of ``layer`` for the (image position, neuron) ``pairs``, in their order.
+
+        The backward pass keeps the autograd graph of every image it runs on, so it is the pass most
+        likely to run out of memory: then the pairs are halved, each half running on its images only.
+        """
+        from dnd.cropping.gradcam import gradcam_maps
+
+        def maps_of(part: dict[str, Any]) -> list[Any]:
+            images = sorted({int(p) for p in part["position"]})
+            local = {position: i for i, position in enumerate(images)}
+            asked = [(local[int(p)], int(n)) for p, n in zip(part["position"], part["neuron"])]
+            maps = gradcam_maps(self.target.module, self.target.forward, x[images], self.map_layers[layer], layer,
+                                asked)
+            return [maps[pair] for pair in asked]
+
+        return halving_on_oom(maps_of, {"position": np.array([p for p, _ in pairs], dtype=np.int64),
+                                        "neuron": np.array([n for _, n in pairs], dtype=np.int64)})
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         from dnd.cropping.attention import attention_boxes, crop_id
@@ -93,7 +115,7 @@ class AttentionCrops(TargetActor):
             views = [(i, self.pre.view(img)) for i, img in enumerate(decoded) if img is not None]
             if views:
                 pixels = self._stack([self._array(view) for _, (view, _) in views])
-                maps = self._record(pixels)
+                maps = self._maps(pixels)
                 linear: dict[int, list[tuple[int, int]]] = {}
                 for position, (i, _) in enumerate(views):
                     for layer_index, neuron in json.loads(batch["targets"][i]):
@@ -135,10 +157,18 @@ class AttentionCrops(TargetActor):
         if crops:
             pixels = self._stack([self._array(self.pre.view(piece)[0]) for piece, _ in crops])
             for start in range(0, len(crops), 64):
-                pooled = self._pooled(self._record(pixels[start : start + 64]))
+                pooled = self._scores(pixels[start : start + 64])
                 for name, values in pooled.items():
                     out[name][n_probe + start : n_probe + start + len(values)] = values
         return out
+
+    def _maps(self, pixels: np.ndarray) -> dict[str, Any]:
+        """Every requested layer's maps of the top-K images; out of memory halves the images."""
+        return halving_on_oom(lambda part: self._record(part["pixels"]), {"pixels": pixels})
+
+    def _scores(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        """The crops' pooled activations (``act_i``); out of memory halves the crops."""
+        return halving_on_oom(lambda part: self._pooled(self._record(part["pixels"])), {"pixels": pixels})
 
     def _array(self, view: Any) -> np.ndarray:
         return np.asarray(self.pre.tensor(view)) if self.pre.custom is not None else self.pre.pixels(view)

@@ -52,7 +52,7 @@ def run_pass_b(config: RunConfig, layers: list[LayerPlan], probe: dict[int, Prob
         "whole_image_cap": config.step1.whole_image_iou_cap,
         "min_side": config.step1.min_crop_pixels,
     }
-    handle, writer = layout.open_writer(images_schema(), "images", "part-00000.parquet")
+    handle, writer = layout.step1.open_writer(images_schema(), "images", "part-00000.parquet")
     try:
         cropped = ray.data.from_items(requests).map_batches(
             AttentionCrops,

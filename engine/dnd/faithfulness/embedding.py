@@ -17,8 +17,9 @@ def _stage(context: ScoringContext) -> Any:
     return context.config.selection.embedder
 
 
-def embed_texts(context: ScoringContext, texts: list[str]) -> np.ndarray:
-    """(len(texts), d) unit rows."""
+def embed_texts(context: ScoringContext, texts: list[str], what: str = "faithfulness: explanations",
+                tally: dict[str, int] | None = None) -> np.ndarray:
+    """(len(texts), d) unit rows; ``what`` names them in the log, ``tally`` counts cache hits and misses."""
     import ray
 
     from dnd.pipeline import init_ray
@@ -29,7 +30,7 @@ def embed_texts(context: ScoringContext, texts: list[str]) -> np.ndarray:
     init_ray(context.config)
     found = embed_items(context.config, context.layout,
                         lambda items: ray.data.from_items([{"text": t} for t in sorted(items)]),
-                        {t: content_key(model_key, "text", t) for t in unique}, context.log, "faithfulness: explanations")
+                        {t: content_key(model_key, "text", t) for t in unique}, context.log, what, tally)
     return np.stack([found[t] for t in texts]) if texts else np.zeros((0, 0), dtype=np.float32)
 
 
@@ -42,7 +43,8 @@ def _read(batch: dict[str, Any], storage_options: dict) -> dict[str, Any]:
             "data": np.array([read[i][0] for i in keep], dtype=object)}
 
 
-def embed_probe_images(context: ScoringContext, images: ProbeImages) -> tuple[np.ndarray, int]:
+def embed_probe_images(context: ScoringContext, images: ProbeImages, what: str = "faithfulness: probe images",
+                       tally: dict[str, int] | None = None) -> tuple[np.ndarray, int]:
     """(images, d) unit rows in ``images`` order, and how many images could not be read again
     (their rows are zero, so they resemble no explanation)."""
     import ray
@@ -61,7 +63,7 @@ def embed_probe_images(context: ScoringContext, images: ProbeImages) -> tuple[np
 
     init_ray(context.config)
     found = embed_items(context.config, context.layout, dataset,
-                        {i: content_key(model_key, "image", i) for i in images.image_ids}, context.log, "faithfulness: probe images")
+                        {i: content_key(model_key, "image", i) for i in images.image_ids}, context.log, what, tally)
     width = next(iter(found.values())).shape[0] if found else 0
     matrix = np.zeros((len(images.image_ids), width), dtype=np.float32)
     missing = 0

@@ -50,7 +50,7 @@ def score_run(layout: RunLayout, config: RunConfig, spec: FaithfulnessConfig, lo
     from dnd.store.activations import read_activations
 
     started = time.time()
-    kept = read_activations(layout)
+    kept = read_activations(layout.step1)
     if kept is None:
         raise DndError(
             f"run {layout.uri!r} kept no activations, and faithfulness needs every probe image's: rerun it with "
@@ -130,7 +130,7 @@ def open_run(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[R
     config = RunConfig.model_validate(manifest["config"])
     if storage_options:
         config.output.storage_options = storage_options
-    return RunLayout(uri, storage_options or {}, config.output.cache_uri), manifest, config
+    return RunLayout(uri, storage_options or {}, config.output.cache_uri, config.output.step1_uri), manifest, config
 
 
 def concept_vectors(uri: str, concepts: str, explanations: list[str], options: dict[str, Any] | None = None,
@@ -141,7 +141,7 @@ def concept_vectors(uri: str, concepts: str, explanations: list[str], options: d
     from dnd.store.activations import read_activations
 
     layout, _, config = open_run(uri, storage_options)
-    kept = read_activations(layout)
+    kept = read_activations(layout.step1)
     if kept is None:
         raise DndError(f"run {uri!r} kept no activations")
     images = ProbeImages(kept.image_ids, kept.refs, kept.sources)

@@ -55,7 +55,7 @@ def soft_wpmi_scores(config: RunConfig, layout: RunLayout, log: Callable[[str], 
     from dnd.store.activations import read_activations
 
     settings = config.clip_dissect
-    kept = read_activations(layout)
+    kept = read_activations(layout.step1)
     if kept is None:
         raise DndError("CLIP-Dissect needs Step 1's kept activations, and activations/ is missing; rerun the run")
     matrices = {layer: kept.matrix(layer) for layer in kept.layers}
@@ -66,8 +66,9 @@ def soft_wpmi_scores(config: RunConfig, layout: RunLayout, log: Callable[[str], 
                          [kept.sources[i] for i in wanted])
     context = ScoringContext(config, layout, log)
     log(f"clip-dissect: {len(concepts)} concepts x {len(wanted)} top images of {len(kept.image_ids)} probe images")
-    image_emb, unreadable = embed_probe_images(context, images)
-    text_emb = embed_texts(context, concepts)
+    tally: dict[str, int] = {}  # the embedder's cache hits and calls, for _SUCCESS's model_calls
+    image_emb, unreadable = embed_probe_images(context, images, "clip-dissect: top images", tally)
+    text_emb = embed_texts(context, concepts, "clip-dissect: concepts", tally)
     similarity = image_emb @ text_emb.T  # (top images, concepts)
     out = {}
     for layer, matrix in matrices.items():
@@ -76,7 +77,7 @@ def soft_wpmi_scores(config: RunConfig, layout: RunLayout, log: Callable[[str], 
                                  soft_wpmi(matrix[:, wanted], similarity, top_k=settings.top_k, a=settings.a,
                                            lam=settings.lam, p_start=settings.p_start, p_end=settings.p_end))
     counts = {"concept_set": settings.concept_set, "concepts": len(concepts), "top_images_embedded": len(wanted),
-              "unreadable_images": unreadable}
+              "unreadable_images": unreadable, "cache": tally}
     return out, text_emb, counts
 
 

@@ -135,7 +135,9 @@ class ProbeActivations(TargetActor):
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         ok = np.array([not e for e in batch["error"]], dtype=bool)
-        out = {name: batch[name] for name in ("image_id", "key", "ref", "source", "error")}
+        # task and task_rows (when present) tell the driver which read tasks are finished.
+        out = {name: batch[name] for name in ("image_id", "key", "ref", "source", "error", "task", "task_rows")
+               if name in batch}
         n = len(ok)
         for i, index in enumerate(self.neuron_index):
             out[f"act_{i}"] = np.full((n, len(index)), np.nan, dtype=np.float32)

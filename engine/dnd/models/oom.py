@@ -51,6 +51,10 @@ def _concat(parts: list[Any]) -> Any:
         return np.concatenate(parts)
     if isinstance(first, list):
         return [item for part in parts for item in part]
+    if type(first).__module__.startswith("torch"):
+        import torch  # only here: a caller that keeps its outputs on the accelerator (pass B's maps)
+
+        return torch.cat(parts)
     raise TypeError(f"cannot join batch outputs of type {type(first).__name__}")
 
 

@@ -59,7 +59,7 @@ def image_meta(layout: RunLayout) -> dict[str, dict[str, Any]]:
     """image_id -> kind, parent, box, size for every stored top image and crop (bytes not read)."""
     meta: dict[str, dict[str, Any]] = {}
     columns = ["image_id", "kind", "parent_id", "box", "width", "height"]
-    for row in read_columns(layout.fs, _parquet_parts(layout, "images"), columns):
+    for row in read_columns(layout.step1.fs, _parquet_parts(layout.step1, "images"), columns):
         meta.setdefault(row["image_id"], row)
     return meta
 
@@ -67,7 +67,7 @@ def image_meta(layout: RunLayout) -> dict[str, dict[str, Any]]:
 def image_bytes(layout: RunLayout, wanted: set[str]) -> "Any":
     """(image_id, bytes) of the stored images in ``wanted``."""
     seen: set[str] = set()
-    for row in read_columns(layout.fs, _parquet_parts(layout, "images"), ["image_id", "data"],
+    for row in read_columns(layout.step1.fs, _parquet_parts(layout.step1, "images"), ["image_id", "data"],
                             keep=lambda r: r["image_id"] in wanted):
         if row["image_id"] not in seen:
             seen.add(row["image_id"])

@@ -9,6 +9,10 @@ A run scored by ``dnd score`` also gets its faithfulness (NeuronEval): each labe
 metrics on its card, a sort and a minimum filter by any metric, and per layer a histogram of the
 labels' scores for each metric, drawn as inline SVG so the page still needs no library or network.
 A run not scored shows none of it.
+
+The report of a `dnd compare` folder is the same page with the comparison's code appended to the
+script, inside its closure: each card gets a switcher between the methods, the page a control that
+switches every card, and the header a line per method. A single run's page is unchanged by it.
 """
 
 from __future__ import annotations
@@ -161,6 +165,115 @@ document.addEventListener('DOMContentLoaded',function(){
 """
 
 
+COMPARE_STYLE = """
+header table.methods{font-size:12px;margin-top:6px;color:#fff}
+header table.methods td,header table.methods th{border-bottom:1px solid #455a64;vertical-align:top}
+header table.methods .note{color:#ffab91}
+#method-control{font-size:13px;margin:6px 0}#method-control .note{font-size:12px;color:#555}
+.switch{display:flex;flex-wrap:wrap;gap:4px;margin:2px 0 6px}
+.switch button{font-size:12px;border:1px solid #b0bec5;background:#fff;border-radius:10px;cursor:pointer}
+.switch button.on{background:#263238;color:#fff;border-color:#263238}
+.status-no{color:#757575}
+"""
+
+#: Appended inside SCRIPT's closure for a `dnd compare` report. A layer's rows hold the shared
+#: images once and each method's part under ``m``; the page keeps them in ``raw`` and hands the code
+#: above *views* (shared images + one method's part, shaped as one run's records), so its cards,
+#: search, sort, minimum filter and histograms work unchanged, on the method the page-wide control
+#: selects. A card's own switcher rebuilds that card alone; the page-wide control rebuilds the view.
+COMPARE_SCRIPT = r"""
+var M=I.compare.methods,raw={};state.method=M[0];
+// A method's captions of the shared images (its Step 2A's, when it captions) go on its view's copies.
+function captioned(images,caps){if(!caps)return images;return images.map(function(t){var u={};for(var k in t)u[k]=t[k];
+ if(caps[t.id]!==undefined)u.c=caps[t.id];return u;});}
+function view(r,m){var p=r.m[m],v={n:r.n,tops:captioned(r.tops,p.caps),crops:captioned(r.crops,p.caps),method:m,row:r};
+ for(var k in p)if(k!=='caps')v[k]=p[k];return v;}
+// A layer's status counts, label chips and histograms are those of the method the page shows.
+function useLayers(m){I.layers.forEach(function(L){var E=L.by[m];L.status=E.status;L.labels=E.labels;L.faithfulness=E.faithfulness||null;});}
+useLayers(M[0]);
+var plainLayer=window.DND_LAYER;
+window.DND_LAYER=function(k,rows){raw[k]=rows;plainLayer(k,rows.map(function(r){return view(r,state.method);}));};
+function named(p){return p.label!==null?p.label:'('+(p.status==='ok'?'no label':p.status)+')';}
+// Each card's switcher has a button per method showing that method's label, so agreement is seen
+// without a click; clicking one shows that method's part on this card.
+var plainCard=card;
+card=function(layer,v){var c=plainCard(layer,v),s=el('div',{'class':'switch',role:'group','aria-label':'method'});
+ c.setAttribute('data-method',v.method);
+ M.forEach(function(m){var b=el('button',{type:'button','data-method':m,'class':m===v.method?'on':'','aria-pressed':String(m===v.method)},
+   m+': '+named(v.row.m[m]));
+  b.addEventListener('click',function(){c.replaceWith(card(layer,view(v.row,m)));});s.appendChild(b);});
+ c.insertBefore(s,c.children[1]);return c;};
+function useMethod(m){state.method=m;useLayers(m);for(var k in raw)loaded[k]=raw[k].map(function(r){return view(r,m);});
+ if(state.layer!==null)show(state.layer);}
+document.addEventListener('DOMContentLoaded',function(){var s=document.getElementById('method');
+ s.addEventListener('change',function(){useMethod(s.value);});});
+"""
+
+
+def comparison_script() -> str:
+    """SCRIPT with COMPARE_SCRIPT inside its closure, just before the closure ends."""
+    end = SCRIPT.rindex("})();")
+    return SCRIPT[:end] + COMPARE_SCRIPT.lstrip("\n") + SCRIPT[end:]
+
+
+def _figure(value: Any, digits: str = ".3f") -> str:
+    """A summary number as the header shows it ("d": a count); "-" where _COMPARE has null."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    return str(int(value)) if digits == "d" else format(float(value), digits)
+
+
+def per_layer_line(per_layer: Any) -> str:
+    """"layer3: corr 0.610 · AUPRC 0.720; fc: ...": a method's mean faithfulness per layer."""
+    from dnd.faithfulness.metrics import METRICS
+    from dnd.report.data import FAITHFULNESS_NAMES
+
+    if not isinstance(per_layer, dict):
+        return "-"
+    lines = []
+    for layer, values in per_layer.items():
+        if not isinstance(values, dict):
+            continue
+        names = [m for m in METRICS if m in values] + [m for m in values if m not in METRICS]
+        lines.append(f"{layer}: " + " \u00b7 ".join(f"{FAITHFULNESS_NAMES.get(m, m)} {_figure(values[m])}" for m in names))
+    return "; ".join(lines) or "-"
+
+
+def methods_table(compare: dict[str, Any] | None) -> str:
+    """The header's table of a comparison: per method, _COMPARE's summary, its run and method line."""
+    from html import escape
+
+    if not compare:
+        return ""
+    rows = ["<tr><th>method</th><th>neurons</th><th>ok</th><th>s / neuron</th>"
+            "<th>mean faithfulness per layer</th><th>run</th></tr>"]
+    for method in compare["methods"]:
+        summary = compare["summary"].get(method) or {}
+        note = compare["notes"].get(method)
+        run = escape(compare["lines"].get(method) or "") + "<br>" + escape(str(compare["runs"].get(method) or "-"))
+        if note:
+            run += f'<br><span class="note">{escape(note)}</span>'
+        rows.append(f'<tr data-method="{escape(method)}"><th>{escape(method)}</th>'
+                    f'<td>{_figure(summary.get("neurons"), "d")}</td><td>{_figure(summary.get("ok"), "d")}</td>'
+                    f'<td>{_figure(summary.get("seconds_per_neuron"), ".3g")}</td>'
+                    f"<td>{escape(per_layer_line(summary.get('per_layer')))}</td><td>{run}</td></tr>")
+    return '<table class="methods">' + "".join(rows) + "</table>"
+
+
+def method_control(compare: dict[str, Any] | None) -> str:
+    """The comparison's page-wide method control; empty for one run's report."""
+    from html import escape
+
+    if not compare:
+        return ""
+    options = "".join(f'<option value="{escape(m)}">{escape(m)}</option>' for m in compare["methods"])
+    return ('<div id="method-control"><label>show every card as <select id="method">' + options + "</select></label> "
+            '<span class="note">search, sort and the minimum filter read the method selected here; '
+            "a card's own buttons switch that card alone</span></div>\n")
+
+
 def score_controls(faithfulness: dict[str, Any] | None) -> str:
     """The layer view's faithfulness controls (sort, minimum filter) and the place of its
     histograms; empty for a run that was not scored, so such a page shows nothing of it."""
@@ -179,22 +292,25 @@ def score_controls(faithfulness: dict[str, Any] | None) -> str:
     )
 
 
-def page(title: str, run_uri: str, method: str = "", faithfulness: dict[str, Any] | None = None) -> str:
-    """The report's single page; ``method`` is the line saying which method the run used and
-    ``faithfulness`` the index's faithfulness entry (None for a run not scored)."""
+def page(title: str, run_uri: str, method: str = "", faithfulness: dict[str, Any] | None = None,
+         compare: dict[str, Any] | None = None) -> str:
+    """The report's single page; ``method`` is the line saying which method the run used,
+    ``faithfulness`` the index's faithfulness entry (None for a run not scored) and ``compare`` the
+    index's comparison entry (None for one run's report)."""
     from html import escape
 
+    style, script = (STYLE, SCRIPT) if compare is None else (STYLE + COMPARE_STYLE, comparison_script())
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>
 <link rel="icon" href="data:,"><meta name="viewport" content="width=device-width, initial-scale=1">
-<style>{STYLE}</style>
+<style>{style}</style>
 <script src="data/index.js"></script>
-<script>{SCRIPT}</script>
+<script>{script}</script>
 </head><body>
-<header><h1>{escape(title)}</h1><div class="run">{escape(run_uri)}</div><div class="run method">{escape(method)}</div></header>
+<header><h1>{escape(title)}</h1><div class="run">{escape(run_uri)}</div><div class="run method">{escape(method)}</div>{methods_table(compare)}</header>
 <nav><span>layers:</span></nav>
 <main><div id="summary"></div><div id="labels"></div>
-{score_controls(faithfulness)}<input id="search" type="search" placeholder="filter by label text" aria-label="filter by label text">
+{score_controls(faithfulness)}{method_control(compare)}<input id="search" type="search" placeholder="filter by label text" aria-label="filter by label text">
 <div id="shown-count"></div><div id="cards"><div id="sentinel"></div></div></main>
 </body></html>
 """

@@ -161,6 +161,9 @@ def init_ray(address: str | None = None) -> None:
     if address:
         kwargs["address"] = address
     else:
+        from dnd.ray_address import refuse_dead_recorded_head
+
+        refuse_dead_recorded_head()  # as for a dissection: never join a dead recorded head silently
         # As for a dissection: a local cluster's workers import this very package and share the
         # offline setting. Environment variables (the bearer token's included) reach the replicas.
         engine_dir = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

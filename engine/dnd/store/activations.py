@@ -36,29 +36,50 @@ def layer_folder(name: str) -> str:
 
 
 class ActivationWriter:
-    """Writes pass A's activations as they stream by. ``close()`` finishes the files and the meta;
-    a run that dies before it leaves no ``_meta.json``, so a reader never takes a partial set."""
+    """Writes pass A's activations as they stream by, in numbered parts. ``commit()`` closes the
+    current part (pass A's progress saves record how many are committed); ``close()`` finishes the
+    files and the meta. A run that dies before ``close()`` leaves no ``_meta.json``, so a reader never
+    takes a partial set; ``resume`` (the committed parts and images an earlier attempt saved) keeps
+    those parts and drops any later, unfinished one."""
 
-    def __init__(self, layout: RunLayout, layers: list[LayerPlan], dtype: str = "float16", flush_images: int = 1024):
+    def __init__(self, layout: RunLayout, layers: list[LayerPlan], dtype: str = "float16", flush_images: int = 1024,
+                 resume: dict[str, int] | None = None):
         import pyarrow as pa
 
         if dtype not in DTYPES:
             raise ValueError(f"activation dtype must be one of {DTYPES}, got {dtype!r}")
         self.layout, self.layers, self.dtype, self.flush_images = layout, layers, dtype, flush_images
-        layout.remove(FOLDER)
+        self._folders = ["index"] + [layer_folder(layer.name) for layer in layers]
+        if resume is None:
+            layout.remove(FOLDER)
+            self._part, self.images = 0, 0
+        else:
+            self._part, self.images = int(resume["parts"]), int(resume["images"])
+            layout.remove(FOLDER, "_meta.json")
+            self._drop_parts_from(self._part)
         arrow_type = pa.float16() if dtype == "float16" else pa.float32()
         self._index_schema = pa.schema([pa.field("image_id", pa.string()), pa.field("ref", pa.string()),
                                         pa.field("source", pa.string())])
         self._layer_schemas = [pa.schema([pa.field("values", pa.list_(arrow_type, len(layer.neurons)))])
                                for layer in layers]
-        self._writers = [layout.open_writer(self._index_schema, FOLDER, "index", "part-00000.parquet")]
-        for layer, schema in zip(layers, self._layer_schemas):
-            self._writers.append(layout.open_writer(schema, FOLDER, layer_folder(layer.name), "part-00000.parquet"))
+        self._writers: list[Any] | None = None  # the open part, once it has rows
         self._ids: list[str] = []
         self._refs: list[str] = []
         self._sources: list[str] = []
         self._values: list[list[np.ndarray]] = [[] for _ in layers]
-        self.images = 0
+
+    def _part_name(self, number: int) -> str:
+        return f"part-{number:05d}.parquet"
+
+    def _drop_parts_from(self, first: int) -> None:
+        for folder in self._folders:
+            path = self.layout.path(FOLDER, folder)
+            if not self.layout.fs.exists(path):
+                continue
+            for name in self.layout.fs.find(path):
+                stem = name.rsplit("/", 1)[-1]
+                if stem.startswith("part-") and int(stem[5:10]) >= first:
+                    self.layout.fs.rm(name)
 
     def add(self, image_ids: list[str], refs: list[str], sources: list[str], per_layer: list[np.ndarray]) -> None:
         """One batch: its images' ids, refs and sources, and per layer an (images, neurons) array."""
@@ -75,6 +96,10 @@ class ActivationWriter:
 
         if not self._ids:
             return
+        if self._writers is None:
+            schemas = [self._index_schema, *self._layer_schemas]
+            self._writers = [self.layout.open_writer(schema, FOLDER, folder, self._part_name(self._part))
+                             for folder, schema in zip(self._folders, schemas)]
         index = pa.table({"image_id": self._ids, "ref": self._refs, "source": self._sources}, schema=self._index_schema)
         self._writers[0][1].write_table(index)
         for (_, writer), schema, buffer in zip(self._writers[1:], self._layer_schemas, self._values):
@@ -86,12 +111,20 @@ class ActivationWriter:
         self._ids, self._refs, self._sources = [], [], []
         self._values = [[] for _ in self.layers]
 
+    def commit(self) -> dict[str, int]:
+        """Every image added so far on storage in closed parts; returns what a progress save records."""
+        self._flush()
+        if self._writers is not None:
+            for handle, writer in self._writers:
+                writer.close()
+                handle.close()
+            self._writers = None
+            self._part += 1
+        return {"parts": self._part, "images": self.images}
+
     def close(self) -> dict[str, Any]:
         """Finish the files; returns what ``_SUCCESS`` counts (images, neurons, dtype, bytes)."""
-        self._flush()
-        for handle, writer in self._writers:
-            writer.close()
-            handle.close()
+        self.commit()
         meta = {
             "images": self.images, "dtype": self.dtype,
             "layers": [{"name": l.name, "neurons": list(l.neurons), "folder": layer_folder(l.name)} for l in self.layers],
@@ -102,13 +135,15 @@ class ActivationWriter:
                 "bytes": int(size)}
 
     def abort(self) -> None:
-        for handle, writer in self._writers:
+        """The run failed: the unfinished part goes; committed parts stay for a resumed pass A."""
+        for handle, writer in self._writers or []:
             try:
                 writer.close()
                 handle.close()
-            except Exception:  # already failing; the folder is removed below either way
+            except Exception:  # already failing; the part is removed below either way
                 pass
-        self.layout.remove(FOLDER)
+        self._writers = None
+        self._drop_parts_from(self._part)
 
 
 @dataclass

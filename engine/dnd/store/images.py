@@ -19,6 +19,7 @@ def stored_images(layout: RunLayout, ids: set[str], columns: list[str] | None = 
     """A Ray dataset of this run's stored top images and crops restricted to ``ids``."""
     from dnd.store.layout import ray_parquet
 
-    parts = sorted(f for f in layout.fs.find(layout.images) if f.endswith(".parquet"))
-    dataset = ray_parquet(layout.fs, parts, columns=columns or ["image_id", "data"])
+    step1 = layout.step1  # a shared Step 1 keeps the images for every run that shares it
+    parts = sorted(f for f in step1.fs.find(step1.images) if f.endswith(".parquet"))
+    dataset = ray_parquet(step1.fs, parts, columns=columns or ["image_id", "data"])
     return dataset.map_batches(_keep_ids, fn_kwargs={"wanted": sorted(ids)}, batch_format="numpy", num_cpus=0.25)

@@ -15,11 +15,21 @@ class RunLayout:
     uri: str
     storage_options: dict = field(default_factory=dict)
     cache_uri: str | None = None
+    #: Where Step 1's outputs (checkpoint, images/, activations/) live when several runs share one
+    #: Step 1 (dnd compare); None: under the run's own URI.
+    step1_uri: str | None = None
 
     def __post_init__(self) -> None:
         self.uri = self.uri.rstrip("/")
         self.fs, self.root = url_to_fs(self.uri, self.storage_options)
         self.cache = (self.cache_uri or join(self.uri, "cache")).rstrip("/")
+        shared = self.step1_uri is not None and self.step1_uri.rstrip("/") != self.uri
+        #: The layout holding Step 1's outputs: this one, or the shared Step 1's.
+        self.step1: RunLayout = RunLayout(self.step1_uri, self.storage_options, self.cache) if shared else self
+
+    @property
+    def shares_step1(self) -> bool:
+        return self.step1 is not self
 
     def path(self, *parts: str) -> str:
         return join(self.root, *parts)
@@ -106,6 +116,17 @@ class RunLayout:
             with self.fs.open(name, "rb") as handle:
                 tables.append(pq.read_table(handle))
         return pa.concat_tables(tables) if tables else None
+
+
+def open_layout(uri: str, storage_options: dict | None = None) -> RunLayout:
+    """The layout of the run at ``uri`` as its ``_SUCCESS`` records it: its cache and, for a run that
+    shares another's Step 1, where that Step 1's images and activations are. A run without
+    ``_SUCCESS`` gets the default places."""
+    plain = RunLayout(uri, storage_options or {})
+    output = ((plain.read_json("_SUCCESS") or {}).get("config") or {}).get("output") or {}
+    if not output.get("cache_uri") and not output.get("step1_uri"):
+        return plain
+    return RunLayout(uri, storage_options or {}, output.get("cache_uri"), output.get("step1_uri"))
 
 
 def ray_parquet(fs: Any, paths: list[str], columns: list[str] | None = None):
