@@ -266,6 +266,10 @@ class RayConfig(_Section):
     address: str | None = Field(None, description="Ray address; null joins a running cluster or starts a local one.")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray started by dnd (null = all).")
     object_store_memory: int | None = Field(None, ge=78643200, description="Object store bytes of a local Ray started by dnd.")
+    stall_timeout_s: float | None = Field(
+        600.0, gt=0, description="A stage that delivers no batch for this long fails, naming what it asks for and what "
+        "the cluster has (a pool that no live node can hold waits forever otherwise); null: no limit."
+    )
 
 
 NeuronSpec = Union[Literal["all"], int, str, list[Union[int, str]]]

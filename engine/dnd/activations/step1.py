@@ -20,6 +20,7 @@ import numpy as np
 from dnd.activations.topk import StreamingTopK, holistic_and_local, own_crops_only
 from dnd.models.pools import actor_pool_options
 from dnd.records import LayerPlan, ProbeImage
+from dnd.stall import stage_batches
 
 if TYPE_CHECKING:
     from dnd.activations.progress import PassAProgress
@@ -142,7 +143,7 @@ def _activation_stream(config: RunConfig, layers: list[LayerPlan], read_tasks: l
         batch_size=config.target.batch_size,
         **actor_pool_options(config.target),
     )
-    return activations.iter_batches(batch_size=None, batch_format="numpy")
+    return stage_batches(activations, "step 1 pass A (probe activations)", config.target, config)
 
 
 def _finished_tasks(batch: dict[str, Any], taken: dict[int, list[str]], done: set[int]) -> None:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from dnd.records import Caption, NeuronRow, caption_schema
+from dnd.stall import stage_batches
 from dnd.store.cache import ContentCache, content_key
 from dnd.store.images import stored_images
 
@@ -80,7 +81,7 @@ def run_captions(config: RunConfig, step1: Step1Result, rows: list[NeuronRow], l
             **actor_pool_options(stage),
         )
         with cache.writer() as writer:
-            for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+            for batch in stage_batches(dataset, "step 2A (captions)", stage, config):
                 for image, caption in zip(batch["image_id"], batch["caption"]):
                     image, caption = str(image), str(caption)
                     captions[image] = caption

@@ -17,6 +17,7 @@ import numpy as np
 
 from dnd.models.pools import actor_pool_options
 from dnd.records import CropInfo, LayerPlan, ProbeImage, images_schema
+from dnd.stall import stage_batches
 
 if TYPE_CHECKING:
     from dnd.config import RunConfig
@@ -67,7 +68,7 @@ def run_pass_b(config: RunConfig, layers: list[LayerPlan], probe: dict[int, Prob
             batch_size=max(1, min(16, config.target.batch_size)),
             **actor_pool_options(config.target),
         )
-        for batch in cropped.iter_batches(batch_size=None, batch_format="numpy"):
+        for batch in stage_batches(cropped, "step 1 pass B (attention crops)", config.target, config):
             records = [_stored_row(batch, row, probe, result) for row in range(len(batch["kind"]))]
             if records:
                 writer.write_table(pa.Table.from_pylist(records, schema=images_schema()))

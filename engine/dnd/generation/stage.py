@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from dnd.records import GeneratedSet, generated_schema
+from dnd.stall import stage_batches
 from dnd.store.cache import ContentCache, content_key
 
 if TYPE_CHECKING:
@@ -125,7 +126,7 @@ def run_generation(config: RunConfig, concepts: list[str], layout: RunLayout, lo
             **actor_pool_options(stage),
         )
         with cache.writer() as writer:
-            for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+            for batch in stage_batches(dataset, "step 3 (image generation)", stage, config):
                 for i in range(len(batch["key"])):
                     reason = str(batch["refused"][i]) or None
                     key = str(batch["key"][i])

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from dnd.records import generated_activations_schema
+from dnd.stall import stage_batches
 from dnd.store.cache import ContentCache, content_key
 
 if TYPE_CHECKING:
@@ -91,7 +92,7 @@ def generated_activations(config: RunConfig, layers: list[Any], layout: RunLayou
             batch_size=config.target.batch_size, **actor_pool_options(config.target),
         )
         with cache.writer() as writer:
-            for batch in acts.iter_batches(batch_size=None, batch_format="numpy"):
+            for batch in stage_batches(acts, "step 3 (target on generated images)", config.target, config):
                 for i, image in enumerate(batch["image_id"]):
                     image = str(image)
                     if image not in keys:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from dnd.records import Candidate, NeuronRow, embedding_schema
+from dnd.stall import stage_batches
 from dnd.store.cache import ContentCache, content_key
 
 if TYPE_CHECKING:
@@ -81,7 +82,7 @@ def embed_items(config: RunConfig, layout: RunLayout, dataset: Any, keys: dict[s
             batch_size=stage.batch_size, **actor_pool_options(stage),
         )
         with cache.writer() as writer:
-            for batch in embedded.iter_batches(batch_size=None, batch_format="numpy"):
+            for batch in stage_batches(embedded, f"{what} (embedder)", stage, config):
                 for item, vector in zip(batch["id"], batch["embedding"]):
                     item = str(item)
                     out[item] = np.asarray(vector, dtype=np.float32)
@@ -162,7 +163,7 @@ def measure(config: RunConfig, step1: Step1Result, state: Step3, layout: RunLayo
                 needs[u].append((r, li, position[li][row.neuron]))
 
     def unseen(ids: set[str]):
-        return generated_images().map_batches(_keep, fn_kwargs={"wanted": sorted(ids)}, batch_format="numpy")
+        return generated_images().map_batches(_keep, fn_kwargs={"wanted": sorted(ids)}, batch_format="numpy", num_cpus=0.25)
 
     per_image, target_counts = generated_activations(
         config, step1.layers, layout, unseen, {image: generated.entry_keys[image] for image in owner}, log)
@@ -208,7 +209,8 @@ def embed(config: RunConfig, state: Step3, layout: RunLayout, generated_images: 
     def images_to_embed(ids: set[str]):
         # One pass (one actor pool) for the neurons' top images and the generated images.
         stored = stored_images(layout, ids & top_ids)
-        made = generated_images().map_batches(_keep, fn_kwargs={"wanted": sorted(ids & gen_ids)}, batch_format="numpy")
+        made = generated_images().map_batches(_keep, fn_kwargs={"wanted": sorted(ids & gen_ids)}, batch_format="numpy",
+                                             num_cpus=0.25)
         return stored.union(made)
 
     tally = _embed_tally(state)

@@ -135,5 +135,6 @@ def ray_parquet(fs: Any, paths: list[str], columns: list[str] | None = None):
     import ray
 
     filesystem = pafs.PyFileSystem(pafs.FSSpecHandler(fs))
-    dataset = ray.data.read_parquet(paths, filesystem=filesystem)
+    # Fractional read tasks: a whole CPU each could wait forever behind the actors of a small cluster.
+    dataset = ray.data.read_parquet(paths, filesystem=filesystem, ray_remote_args={"num_cpus": 0.25})
     return dataset.select_columns(columns) if columns else dataset
