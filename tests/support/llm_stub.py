@@ -42,18 +42,25 @@ the first N requests carrying that exact message, then the request is answered n
 * ``429``: rate limited, with ``Retry-After: <retry_after>``. ``500``, ``503``: server errors.
   ``400``, ``401``, ``404``: client errors. ``malformed``: HTTP 200 with truncated JSON.
 
-``counts`` counts requests per mode actually served; ``max_in_flight`` is the most requests that
-were being handled at once; ``requests`` logs each chat request as ``{"mode", "body", "authorization"}``.
+Rate limit (``rate_limit=R`` requests per second, or ``--rate-limit R``): a request that finds R
+requests accepted in the last second is answered 429 at once, without the delay, as hosted
+endpoints answer, with ``retry-after-ms`` (and ``retry-after``, whole seconds rounded up) saying
+when the oldest of them leaves that second. Rejected requests do not count against the limit.
+
+``counts`` counts requests per mode actually served (a rate-limit rejection counts as "429"); ``max_in_flight`` is the most requests that
+were being handled at once; ``requests`` logs each chat request as ``{"mode", "body", "authorization", "t"}`` (``t``: when it
+arrived, on ``time.monotonic``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -122,6 +129,13 @@ def answer_for(content: str) -> str:
     return simplify_answer(content)
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # The default backlog of 5 drops connections when a client opens dozens at once (an adaptive
+    # client's window growing), and a dropped SYN costs a second: the stub would look slow.
+    request_queue_size = 256
+
+
 class StubLLM:
     """The server and its counters; runs in a daemon thread between ``start`` and ``stop``."""
 
@@ -133,16 +147,17 @@ class StubLLM:
         delay_s: float = 0.0,
         slow_s: float = 3.0,
         retry_after: float = 0.0,
+        rate_limit: float | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
     ):
         self.delay_s = delay_s
         self.slow_s = slow_s
         self.retry_after = retry_after
+        self.rate_limit = rate_limit
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._httpd = ThreadingHTTPServer((host, port), _Handler)
-        self._httpd.daemon_threads = True
+        self._httpd = _Server((host, port), _Handler)
         self._httpd.stub = self  # type: ignore[attr-defined]
         self._thread: threading.Thread | None = None
         self.reset()
@@ -196,6 +211,7 @@ class StubLLM:
             self.prompt_tokens = 0
             self.completion_tokens = 0
             self._tag_uses: Counter[tuple[str, str]] = Counter()
+            self._accepted: deque[float] = deque()  # arrival times of requests the rate limit let in
 
     def stats(self) -> dict:
         with self._lock:
@@ -225,10 +241,23 @@ class StubLLM:
                 return self._mode
             return "ok"
 
+    def _over_rate(self, now: float) -> float | None:
+        """None if the rate limit lets a request in at ``now`` (and counts it); else the seconds
+        until the oldest accepted request leaves the one-second window."""
+        if self.rate_limit is None:
+            return None
+        with self._lock:
+            while self._accepted and self._accepted[0] <= now - 1.0:
+                self._accepted.popleft()
+            if len(self._accepted) < self.rate_limit:
+                self._accepted.append(now)
+                return None
+            return self._accepted[0] + 1.0 - now
+
     def _enter(self, body: dict, mode: str, authorization: str | None) -> None:
         with self._lock:
             self.counts[mode] += 1
-            self.requests.append({"mode": mode, "body": body, "authorization": authorization})
+            self.requests.append({"mode": mode, "body": body, "authorization": authorization, "t": time.monotonic()})
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
 
@@ -333,6 +362,10 @@ class _Handler(BaseHTTPRequestHandler):
         content = str(user_turns[-1].get("content", "")) if user_turns else ""
         stub = self.stub
         mode = stub._choose_mode(content)
+        wait = stub._over_rate(time.monotonic())
+        if wait is not None:
+            self._rate_limited(body, wait)
+            return
         stub._enter(body, mode, self.headers.get("Authorization"))
         try:
             if stub.delay_s:
@@ -353,6 +386,15 @@ class _Handler(BaseHTTPRequestHandler):
             stub._leave()
 
 
+    def _rate_limited(self, body: dict, wait_s: float) -> None:
+        self.stub._enter(body, "429", self.headers.get("Authorization"))
+        try:
+            headers = {"retry-after-ms": f"{wait_s * 1000:.0f}", "Retry-After": str(math.ceil(wait_s))}
+            self._error(429, "rate limit reached (stub)", headers)
+        finally:
+            self.stub._leave()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Stub OpenAI-compatible chat server (dnd tests).")
     parser.add_argument("--port", type=int, default=8089)
@@ -361,10 +403,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--delay", type=float, default=0.0, help="seconds added to every request")
     parser.add_argument("--slow", type=float, default=3.0, help="seconds a 'slow' request sleeps")
     parser.add_argument("--retry-after", type=float, default=1.0, help="Retry-After of a 429")
+    parser.add_argument("--rate-limit", type=float, default=None, help="requests per second before 429s")
     args = parser.parse_args(argv)
     stub = StubLLM(
         mode=args.mode, delay_s=args.delay, slow_s=args.slow, retry_after=args.retry_after,
-        host=args.host, port=args.port,
+        rate_limit=args.rate_limit, host=args.host, port=args.port,
     )
     print(f"llm stub serving on http://{args.host}:{stub.port}/v1 (mode {args.mode})", flush=True)
     try:

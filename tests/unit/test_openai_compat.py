@@ -8,7 +8,7 @@ import openai
 import pytest
 
 from dnd.errors import ConfigError
-from dnd.openai_compat import NO_KEY, RetryPolicy, describe, read_api_key, retry_after_s, retryable
+from dnd.chat.compat import NO_KEY, RetryPolicy, describe, read_api_key, retry_after_s, retryable
 
 try:  # the HTTP library the installed openai client is built on (httpx2 in its later releases)
     import httpx2 as httpx

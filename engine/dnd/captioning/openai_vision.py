@@ -7,14 +7,15 @@ import base64
 import hashlib
 import io
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from dnd.backends import positive_int
 from dnd.captioning.base import CAPTIONERS
 from dnd.captioning.cleanup import decoded_caption
 from dnd.errors import ConfigError
-from dnd.openai_compat import ChatCaller, RetryPolicy, read_api_key
+from dnd.chat.caller import ChatCaller, Outcome
+from dnd.chat.compat import RetryPolicy, read_api_key
+from dnd.chat.limits import DEFAULT_INITIAL_CONCURRENCY, DEFAULT_MAX_CONCURRENCY, Limits
 from dnd.usage import Usage
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -32,9 +33,12 @@ DEFAULT_PROMPT = (
 class OpenAIVisionCaptioner:
     """One caption per image, each image sent as a PNG data URL in its own chat request.
 
-    Requests run ``max_concurrency`` at a time. Key, timeout and retries (``max_retries``,
-    ``backoff_s``, ``backoff_cap_s``) follow the one policy of :mod:`dnd.openai_compat`, which the
-    summarizer shares. An image whose request still fails gets the caption "" and an entry in
+    The requests of one :meth:`caption` call run concurrently, through the adaptive gate the
+    summarizer shares (:mod:`dnd.chat.compat`): at most ``max_concurrency`` (default 128) in
+    flight, starting at ``initial_concurrency`` (default 2), growing while the endpoint answers and
+    shrinking on 429/503, within the optional ``requests_per_minute``/``tokens_per_minute``
+    budgets. Key, timeout and retries (``max_retries``, ``backoff_s``, ``backoff_cap_s``) follow
+    the same one policy. An image whose request still fails gets the caption "" and an entry in
     :attr:`errors`.
     """
 
@@ -44,19 +48,23 @@ class OpenAIVisionCaptioner:
         base_url: str | None = None,
         api_key_env: str = "OPENAI_API_KEY",
         prompt: str = DEFAULT_PROMPT,
-        max_concurrency: int = 8,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         timeout_s: float = 60,
         max_retries: int = 5,
         temperature: float = 0.0,
         max_tokens: int = 60,
         backoff_s: float = 1.0,
         backoff_cap_s: float = 30.0,
+        initial_concurrency: int = DEFAULT_INITIAL_CONCURRENCY,
+        requests_per_minute: float | None = None,
+        tokens_per_minute: float | None = None,
     ):
         if not isinstance(model, str) or not model.strip():
             raise ConfigError(f"model must name a vision-capable chat model such as 'gpt-4o', got {model!r}")
         if not isinstance(prompt, str) or not prompt.strip():
             raise ConfigError(f"prompt must be a non-empty string, got {prompt!r}")
-        self.max_concurrency = positive_int("max_concurrency", max_concurrency)
+        self.limits = Limits.checked("captioner 'openai-vision'", max_concurrency, initial_concurrency,
+                                     requests_per_minute, tokens_per_minute)
         self.max_tokens = positive_int("max_tokens", max_tokens)
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise ConfigError(f"max_retries must be an integer ≥ 0, got {max_retries!r}")
@@ -72,7 +80,8 @@ class OpenAIVisionCaptioner:
         self.temperature = float(temperature)
         self.usage = Usage()
         self._caller = ChatCaller(api_key, base_url, float(timeout_s),
-                                  RetryPolicy(max_retries, float(backoff_s), float(backoff_cap_s)), self.usage)
+                                  RetryPolicy(max_retries, float(backoff_s), float(backoff_cap_s)), self.usage,
+                                  self.limits)
         # The endpoint as the client resolves it (OpenAI's, or OPENAI_BASE_URL, when base_url is
         # None) keys the cache; the client built here is the one that sends the requests.
         self.base_url = str(self._caller.client().base_url)
@@ -90,11 +99,10 @@ class OpenAIVisionCaptioner:
     def caption(self, images: "list[Image.Image]") -> list[str]:
         if not images:
             return []
-        workers = min(self.max_concurrency, len(images))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openai-vision") as pool:
-            return list(pool.map(self._caption_one, range(len(images)), images))
+        outcomes = self._caller.create_many([self._request(image) for image in images])
+        return [self._caption_of(index, outcome) for index, outcome in enumerate(outcomes)]
 
-    def _caption_one(self, index: int, image: "Image.Image") -> str:
+    def _request(self, image: "Image.Image") -> dict[str, Any]:
         messages = [
             {
                 "role": "user",
@@ -104,8 +112,9 @@ class OpenAIVisionCaptioner:
                 ],
             }
         ]
-        outcome = self._caller.create(model=self.model, messages=messages, temperature=self.temperature,
-                                      max_tokens=self.max_tokens)
+        return dict(model=self.model, messages=messages, temperature=self.temperature, max_tokens=self.max_tokens)
+
+    def _caption_of(self, index: int, outcome: Outcome) -> str:
         if outcome.response is None:
             return self._fail(index, outcome.error or "no response", outcome.attempts)
         return self._read(index, outcome.response, outcome.attempts)

@@ -1,11 +1,11 @@
 """Summarizer backend ``"openai"``: Step 2B through any OpenAI-compatible chat endpoint.
 
 The paper uses GPT-3.5 Turbo; the same client reaches OpenAI, vLLM, Ollama, llama.cpp server and
-other compatible servers by ``base_url``. Requests run in a bounded thread pool rather than on an
-asyncio loop: a pipeline actor, a Serve replica, a notebook cell (which already runs a loop) and a
-plain worker thread can all call ``simplify``/``summarize`` synchronously, with no loop to find or
-create. Key, timeout and retries follow the one policy of :mod:`dnd.openai_compat`, which the
-vision captioner shares.
+other compatible servers by ``base_url``. ``simplify``/``summarize`` are synchronous, so a pipeline
+actor, a Serve replica, a notebook cell (which already runs a loop) and a plain worker thread all
+call them the same way; their requests run as coroutines on a loop of the backend's own
+(:mod:`dnd.chat.caller`). Key, timeout, retries and the adaptive concurrency follow
+:mod:`dnd.chat.compat`, which the vision captioner shares.
 
 Failures stay per item: one caption that gets a 400, or a reply with no label in it, yields a
 failed :class:`Answer` for that item only, and the call still returns an answer for every input.
@@ -16,13 +16,14 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from dnd.concepts import parsing, prompts
 from dnd.concepts.base import SUMMARIZERS, Answer, Usage
 from dnd.errors import ConfigError
-from dnd.openai_compat import ChatCaller, RetryPolicy, read_api_key, short
+from dnd.chat.caller import ChatCaller
+from dnd.chat.compat import RetryPolicy, read_api_key, short
+from dnd.chat.limits import DEFAULT_INITIAL_CONCURRENCY, DEFAULT_MAX_CONCURRENCY, Limits
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +54,23 @@ class OpenAISummarizer:
       the captions in a different seeded order (``shuffles.summary_orders``). Set 1.0 for the
       API's default sampling.
     * ``max_tokens``: default 32, ample for a 1-5 word label and bounding a runaway reply.
-    * ``max_concurrency``: requests in flight at once (default 8).
+    * ``max_concurrency`` (default 128): the most requests in flight. The number actually in
+      flight adapts (:mod:`dnd.chat.aimd`): it starts at ``initial_concurrency`` (default 2), grows
+      while the endpoint answers and shrinks on 429/503, whose Retry-After holds back every new
+      request.
+    * ``requests_per_minute``, ``tokens_per_minute`` (default null): budgets never exceeded,
+      paced evenly over the minute (:mod:`dnd.chat.budget`).
     * ``timeout_s``: per-request timeout in seconds (default 60).
     * ``max_retries``, ``backoff_s``, ``backoff_cap_s`` (defaults 5, 1.0, 30): the retry policy
-      of :mod:`dnd.openai_compat` (408/409/429/5xx, timeouts and connection errors are retried
+      of :mod:`dnd.chat.compat` (408/409/429/5xx, timeouts and connection errors are retried
       with jittered exponential backoff, never sooner than the server's Retry-After; other 4xx
       and malformed responses fail at once).
 
     ``usage``: ``requests`` counts HTTP requests sent (first attempts and retries), ``retries``
     the retries among them, ``failures`` the inputs whose answer failed; token counts come from
-    the responses' ``usage``; ``extra`` adds ``unparseable`` (replies with no label).
+    the responses' ``usage``; ``extra`` adds ``unparseable`` (replies with no label) and the
+    throughput: ``requests_per_s`` (while requests were in flight), ``rate_limited`` (429/503
+    answers), ``peak_in_flight`` and ``concurrency`` (the window now).
     """
 
     def __init__(
@@ -73,7 +81,10 @@ class OpenAISummarizer:
         api_key_env: str | None = "OPENAI_API_KEY",
         temperature: float = 0.0,
         max_tokens: int = 32,
-        max_concurrency: int = 8,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        initial_concurrency: int = DEFAULT_INITIAL_CONCURRENCY,
+        requests_per_minute: float | None = None,
+        tokens_per_minute: float | None = None,
         timeout_s: float = 60.0,
         max_retries: int = 5,
         backoff_s: float = 1.0,
@@ -83,8 +94,8 @@ class OpenAISummarizer:
         if unknown:
             raise ConfigError(
                 f"unknown option(s) for summarizer 'openai': {', '.join(sorted(unknown))}; expected "
-                "model, base_url, api_key_env, temperature, max_tokens, max_concurrency, timeout_s, "
-                "max_retries, backoff_s, backoff_cap_s"
+                "model, base_url, api_key_env, temperature, max_tokens, max_concurrency, initial_concurrency, "
+                "requests_per_minute, tokens_per_minute, timeout_s, max_retries, backoff_s, backoff_cap_s"
             )
         if not isinstance(model, str) or not model.strip():
             raise ConfigError(f"summarizer 'openai' option model must be a model id, got {model!r}")
@@ -97,7 +108,8 @@ class OpenAISummarizer:
         self.base_url = base_url.rstrip("/") if base_url else None
         self.temperature = _number("temperature", temperature, low=0.0, high=2.0)
         self.max_tokens = _integer("max_tokens", max_tokens, low=1)
-        self.max_concurrency = _integer("max_concurrency", max_concurrency, low=1)
+        self.limits = Limits.checked("summarizer 'openai'", max_concurrency, initial_concurrency,
+                                     requests_per_minute, tokens_per_minute)
         self.timeout_s = _number("timeout_s", timeout_s, low=0.0, open_low=True)
         self.max_retries = _integer("max_retries", max_retries, low=0)
         self.backoff_s = _number("backoff_s", backoff_s, low=0.0)
@@ -111,7 +123,7 @@ class OpenAISummarizer:
         self.usage = Usage(extra={"unparseable": 0})
         self._caller = ChatCaller(
             read_api_key(api_key_env, "summarizer 'openai'"), self.base_url, self.timeout_s,
-            RetryPolicy(self.max_retries, self.backoff_s, self.backoff_cap_s), self.usage,
+            RetryPolicy(self.max_retries, self.backoff_s, self.backoff_cap_s), self.usage, self.limits,
         )
 
     # -- the Summarizer protocol -------------------------------------------------------------
@@ -119,13 +131,13 @@ class OpenAISummarizer:
         """One concept label per caption (prompt 1). Repeated captions are asked once."""
         captions = [str(c) for c in captions]
         unique = list(dict.fromkeys(captions))
-        answers = dict(zip(unique, self._run([self._simplify_one] * len(unique), unique)))
+        answers = dict(zip(unique, self._answer_all([_simplify_messages(c) for c in unique])))
         return [answers[c] for c in captions]
 
     def summarize(self, caption_sets: list[list[str]]) -> list[Answer]:
         """One candidate concept per caption list, in the order given (prompt 2 + few-shot)."""
         caption_sets = [[str(c) for c in captions] for captions in caption_sets]
-        return self._run([self._summarize_one] * len(caption_sets), caption_sets)
+        return self._answer_all([_summarize_messages(captions) for captions in caption_sets])
 
     # -- other public helpers ----------------------------------------------------------------
     def check_endpoint(self) -> None:
@@ -135,7 +147,7 @@ class OpenAISummarizer:
         import openai
 
         try:
-            self._caller.client().chat.completions.create(
+            self._caller.send_once(
                 model=self.model,
                 messages=prompts.simplify_messages("a red car parked on a street"),
                 temperature=self.temperature,
@@ -161,29 +173,18 @@ class OpenAISummarizer:
         return f"OpenAISummarizer({self.cache_key})"
 
     # -- internals ---------------------------------------------------------------------------
-    def _run(self, calls: list, items: list) -> list[Answer]:
-        if not items:
-            return []
-        if len(items) == 1:
-            return [calls[0](items[0])]
-        workers = min(self.max_concurrency, len(items))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dnd-llm") as pool:
-            return list(pool.map(lambda call_item: call_item[0](call_item[1]), zip(calls, items)))
+    def _answer_all(self, prepared: list[list[dict[str, str]] | str]) -> list[Answer]:
+        """One answer per prepared item: its messages are asked (concurrently, through the
+        caller's gate); a string is the reason it could not be asked."""
+        asked = [p for p in prepared if not isinstance(p, str)]
+        outcomes = iter(self._caller.create_many([self._request(messages) for messages in asked]))
+        return [self._fail(p) if isinstance(p, str) else self._read(next(outcomes)) for p in prepared]
 
-    def _simplify_one(self, caption: str) -> Answer:
-        if not caption.strip():
-            return self._fail("empty caption")
-        return self._ask(prompts.simplify_messages(caption))
+    def _request(self, messages: list[dict[str, str]]) -> dict[str, Any]:
+        return dict(model=self.model, messages=messages, temperature=self.temperature, max_tokens=self.max_tokens)
 
-    def _summarize_one(self, captions: list[str]) -> Answer:
-        if not any(c.strip() for c in captions):
-            return self._fail("no captions to summarize")
-        return self._ask(prompts.summarize_messages([c for c in captions if c.strip()]))
-
-    def _ask(self, messages: list[dict[str, str]]) -> Answer:
-        """One chat completion with the policy's retries; never raises for a per-request problem."""
-        outcome = self._caller.create(model=self.model, messages=messages, temperature=self.temperature,
-                                      max_tokens=self.max_tokens)
+    def _read(self, outcome: Any) -> Answer:
+        """The label in one request's outcome, or a failed answer saying why there is none."""
         if outcome.response is None:
             return self._fail(outcome.error or "no response")
         choices = getattr(outcome.response, "choices", None) or []
@@ -199,6 +200,17 @@ class OpenAISummarizer:
         self._caller.count(failures=1)
         log.warning("summarizer request failed: %s", error)
         return Answer(None, error=error)
+
+
+def _simplify_messages(caption: str) -> list[dict[str, str]] | str:
+    """Prompt 1 for one caption, or why it cannot be asked."""
+    return prompts.simplify_messages(caption) if caption.strip() else "empty caption"
+
+
+def _summarize_messages(captions: list[str]) -> list[dict[str, str]] | str:
+    """Prompt 2 (with its few-shot turns) for one caption list, or why it cannot be asked."""
+    kept = [c for c in captions if c.strip()]
+    return prompts.summarize_messages(kept) if kept else "no captions to summarize"
 
 
 def _integer(name: str, value: Any, *, low: int) -> int:

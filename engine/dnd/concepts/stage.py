@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 
 #: LLM calls are sent, and cached, in chunks, so a crash loses at most one chunk of answers.
 CHUNK = 256
+#: ... of at least this many windows of the backend's concurrency ceiling: a chunk ends with a round
+#: trip whose window empties out, which at 256 answers and 128 in flight would be a third of the time.
+WINDOWS_PER_CHUNK = 8
 
 
 def build_summarizer(config: RunConfig) -> Any:
@@ -31,7 +34,14 @@ def build_summarizer(config: RunConfig) -> Any:
     return SUMMARIZERS.create(config.summarizer.backend, **config.summarizer.options)
 
 
-def _ask(inputs: dict[str, Any], call: Callable[[list[Any]], list[Any]], cache: ContentCache) -> dict[str, Any]:
+def chunk_size(summarizer: Any) -> int:
+    """Answers per chunk for ``summarizer``: :data:`CHUNK`, or more for a wide concurrent one."""
+    limits = getattr(summarizer, "limits", None)
+    return max(CHUNK, WINDOWS_PER_CHUNK * getattr(limits, "max_concurrency", 0))
+
+
+def _ask(inputs: dict[str, Any], call: Callable[[list[Any]], list[Any]], cache: ContentCache,
+         chunk_size: int = CHUNK) -> dict[str, Any]:
     """Answers for ``inputs`` (cache key -> input): cached ones first, the rest asked in chunks.
     Only successful answers are cached, so a failed call is retried by the next run."""
     from dnd.concepts.base import Answer
@@ -40,8 +50,8 @@ def _ask(inputs: dict[str, Any], call: Callable[[list[Any]], list[Any]], cache: 
     answers = {key: Answer(row["text"], None) for key, row in cached.items()}
     todo = [key for key in inputs if key not in answers]
     with cache.writer() as writer:
-        for start in range(0, len(todo), CHUNK):
-            chunk = todo[start : start + CHUNK]
+        for start in range(0, len(todo), chunk_size):
+            chunk = todo[start : start + chunk_size]
             replies = call([inputs[key] for key in chunk])
             for key, reply in zip(chunk, replies):
                 answers[key] = reply
@@ -70,6 +80,18 @@ def _proposals(summarizer: Any, caption_sets: list[list[str]], n: int) -> list[A
     return replies
 
 
+def _traffic(usage: dict) -> str:
+    """The summarizer's requests, rate and tokens for the progress line ("" for one that sends none)."""
+    if not usage.get("requests"):
+        return ""
+    tokens = usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0)
+    line = f"; {usage['requests']} requests, {tokens} tokens"
+    if "requests_per_s" in usage:
+        line += (f", {usage['requests_per_s']:g} requests/s, {usage.get('rate_limited', 0)} rate-limited, "
+                 f"up to {usage.get('peak_in_flight', 0)} in flight")
+    return line
+
+
 def run_concepts(config: RunConfig, step1: Step1Result, rows: list[NeuronRow], layout: RunLayout, log: Callable[[str], None],
                  summarizer: Any = None) -> dict:
     from dnd.concepts.shuffles import summary_orders
@@ -85,7 +107,7 @@ def run_concepts(config: RunConfig, step1: Step1Result, rows: list[NeuronRow], l
     simplify_failures = 0
     if config.summarizer.simplify and captions:
         inputs = {content_key("simplify", summarizer.cache_key, c): c for c in captions}
-        answers = _ask(inputs, summarizer.simplify, cache)
+        answers = _ask(inputs, summarizer.simplify, cache, chunk_size(summarizer))
         for key, caption in inputs.items():
             answer = answers[key]
             if answer.ok:
@@ -109,7 +131,8 @@ def run_concepts(config: RunConfig, step1: Step1Result, rows: list[NeuronRow], l
         per_neuron.append(orders)
         for order in orders:
             lists.setdefault(_list_key(summarizer, order, n if proposes else None), order)
-    answers = _ask(lists, (lambda sets: _proposals(summarizer, sets, n)) if proposes else summarizer.summarize, cache)
+    answers = _ask(lists, (lambda sets: _proposals(summarizer, sets, n)) if proposes else summarizer.summarize, cache,
+                   chunk_size(summarizer))
     failed = 0
     for row, orders in zip(rows, per_neuron):
         if row.status != "ok":
@@ -134,7 +157,8 @@ def run_concepts(config: RunConfig, step1: Step1Result, rows: list[NeuronRow], l
         elif errors:
             row.error = f"warning: {len(errors)} of {len(orders)} summaries failed ({errors[0]})"
     usage = summarizer.usage.as_dict() if getattr(summarizer, "usage", None) is not None else {}
-    log(f"step 2B: {len(lists)} unique caption lists summarized in {time.time() - started:.1f}s; {failed} neurons without candidates")
+    log(f"step 2B: {len(lists)} unique caption lists summarized in {time.time() - started:.1f}s; {failed} neurons without candidates"
+        + _traffic(usage))
     return {
         "concepts": {
             "unique_captions": len(captions),

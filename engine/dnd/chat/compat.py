@@ -15,19 +15,23 @@ of Step 2B (``concepts/llm.py``) and the vision captioner of Step 2A (``captioni
     or ``retry-after-ms``) is a floor: the wait is never shorter than what the server asked for.
     Either way it is never longer than ``backoff_cap_s``. An HTTP-date Retry-After is ignored and
     the backoff applies.
+
+* **Concurrency**: requests run as coroutines on one asyncio loop per backend
+  (:mod:`dnd.chat.caller`, :mod:`dnd.chat.loop`), not a thread each. Before each attempt a request passes the
+  backend's :class:`~dnd.chat.gate.RequestGate`: an adaptive window of requests in flight
+  (:mod:`dnd.chat.aimd`: grows while answers come, shrinks on 429/503), the optional per-minute
+  budgets (:mod:`dnd.chat.budget`), and a 429/503's Retry-After (capped as above), which
+  holds back every new start of the backend, not just the retry of the request that got it.
 """
 
 from __future__ import annotations
 
 import os
 import random
-import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
 from dnd.errors import ConfigError
-from dnd.usage import Usage
 
 #: Placeholder key for local servers that check none; the client refuses to start without one.
 NO_KEY = "not-needed"
@@ -55,11 +59,20 @@ def read_api_key(api_key_env: Any, who: str) -> str:
     return key
 
 
-def make_client(api_key: str, base_url: str | None, timeout_s: float) -> Any:
-    """An ``openai.OpenAI`` client with the request timeout and without retries of its own."""
+def make_client(api_key: str, base_url: str | None, timeout_s: float, connections: int) -> Any:
+    """An ``openai.AsyncOpenAI`` client with the request timeout, without retries of its own, and
+    with a connection pool that keeps ``connections`` alive (the concurrency ceiling), so a full
+    window does not open and close connections at every request."""
     import openai
 
-    return openai.OpenAI(api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=0)
+    try:  # the HTTP library the installed openai client is built on (httpx2 in its later releases)
+        import httpx2 as httpx
+    except ImportError:  # pragma: no cover - older openai releases
+        import httpx
+
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    return openai.AsyncOpenAI(api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=0,
+                              http_client=openai.DefaultAsyncHttpxClient(limits=limits))
 
 
 def retry_after_s(exc: BaseException) -> float:
@@ -116,87 +129,3 @@ class RetryPolicy:
         return min(max(jittered, retry_after_s(exc)), self.backoff_cap_s)
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """One request after its retries: the response, or why there is none."""
-
-    response: Any = None
-    error: str | None = None
-    attempts: int = 0
-
-
-class ChatCaller:
-    """Sends chat completions under one :class:`RetryPolicy`, counting requests, retries and tokens
-    into ``usage``. Thread-safe; it never raises for a per-request problem. Pickles without its
-    client and lock (Ray may ship a backend to an actor), and rebuilds them there."""
-
-    def __init__(self, api_key: str, base_url: str | None, timeout_s: float, policy: RetryPolicy, usage: Usage):
-        self.api_key = api_key
-        self.base_url = base_url
-        self.timeout_s = timeout_s
-        self.policy = policy
-        self.usage = usage
-        self._setup()
-
-    def _setup(self) -> None:
-        self.lock = threading.Lock()
-        self._client: Any = None
-        # Jitter only spreads retries out; it never changes an answer, so it need not be seeded.
-        self._rng = random.Random()
-
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        for name in ("lock", "_client", "_rng"):
-            state.pop(name, None)
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._setup()
-
-    def client(self) -> Any:
-        with self.lock:
-            if self._client is None:
-                self._client = make_client(self.api_key, self.base_url, self.timeout_s)
-            return self._client
-
-    def close(self) -> None:
-        with self.lock:
-            if self._client is not None:
-                self._client.close()
-                self._client = None
-
-    def count(self, **increments: int) -> None:
-        with self.lock:
-            for name, amount in increments.items():
-                setattr(self.usage, name, getattr(self.usage, name) + amount)
-
-    def create(self, **request: Any) -> Outcome:
-        """``chat.completions.create(**request)`` with the policy's retries."""
-        import openai
-
-        client = self.client()
-        last = ""
-        for attempt in range(self.policy.max_retries + 1):
-            self.count(requests=1, retries=1 if attempt else 0)
-            try:
-                response = client.chat.completions.create(**request)
-            except (openai.APIConnectionError, openai.APIStatusError) as exc:
-                last = describe(exc)
-                if not retryable(exc):
-                    return Outcome(error=last, attempts=attempt + 1)
-                if attempt < self.policy.max_retries:
-                    with self.lock:
-                        delay = self.policy.delay(attempt, exc, self._rng)
-                    time.sleep(delay)
-                continue
-            except (openai.OpenAIError, ValueError) as exc:  # a body the client cannot read: this request only
-                return Outcome(error=f"malformed response from endpoint: {type(exc).__name__}: {short(str(exc))}",
-                               attempts=attempt + 1)
-            usage = getattr(response, "usage", None)
-            if usage is not None:
-                self.count(prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-                           completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0))
-            return Outcome(response=response, attempts=attempt + 1)
-        attempts = self.policy.max_retries + 1
-        return Outcome(error=f"gave up after {attempts} attempts: {last}", attempts=attempts)
