@@ -37,6 +37,9 @@ def load_backends() -> None:
         return
     from importlib.metadata import entry_points
 
+    from dnd.workdir import ensure_working_directory
+
+    ensure_working_directory()  # backend modules import model libraries, which resolve paths against it
     found = list(entry_points(group=ENTRY_POINT_GROUP))
     if not found:
         raise ConfigError(

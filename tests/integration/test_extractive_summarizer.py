@@ -211,3 +211,30 @@ def test_missing_model_is_a_config_error(tmp_path):
 def test_pickled_summarizer_reloads_and_answers_the_same(summarizer):
     clone = pickle.loads(pickle.dumps(summarizer))
     assert clone.summarize([RED]) == summarizer.summarize([RED])
+
+
+def test_a_deleted_working_directory_does_not_stop_the_summarizer(tmp_path):
+    """A Ray worker whose job folder vanished (its node lost) still proposes concepts: the model
+    libraries' imports and loads resolve paths against the working directory, which dnd replaces."""
+    import os
+    import subprocess
+    import sys
+
+    gone = tmp_path / "job-working-dir"
+    gone.mkdir()
+    # As in a worker: dnd and torch were imported while the folder existed; the sentence-embedding
+    # libraries load on first use, after it is gone (the reported FileNotFoundError came from there).
+    script = (
+        "import os, torch\n"
+        "import dnd.concepts.extractive\nfrom dnd.concepts.base import SUMMARIZERS\n"
+        f"os.rmdir({str(gone)!r})\n"
+        "answers = SUMMARIZERS.create('extractive').propose([" + repr(RED) + "], 2)[0]\n"
+        "print([a.text for a in answers], os.getcwd())\n"
+    )
+    engine = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "engine")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(filter(None, [engine, os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env,
+                          cwd=str(gone))
+    assert done.returncode == 0, done.stderr[-2000:]
+    concepts, cwd = done.stdout.strip().rsplit(" ", 1)
+    assert "red" in concepts and os.path.isdir(cwd)

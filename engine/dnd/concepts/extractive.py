@@ -377,8 +377,11 @@ _ENCODERS_LOCK = threading.Lock()
 
 
 def _shared_encoder(source: str, device: str):
+    from dnd.workdir import ensure_working_directory
+
     with _ENCODERS_LOCK:
         if (source, device) not in _ENCODERS:
+            ensure_working_directory()  # the import resolves paths against it (a lost job's folder)
             from sentence_transformers import SentenceTransformer
 
             try:

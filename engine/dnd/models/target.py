@@ -70,7 +70,9 @@ def _split_spec(spec: str) -> tuple[str, str]:
 def build_target(spec: str, weights: str | None = "DEFAULT", checkpoint: str | None = None, options: dict | None = None) -> TargetModel:
     """Build the target network named by ``spec``; load ``checkpoint`` (a state_dict) if given."""
     from dnd.tiny import tiny_weights_seeded
+    from dnd.workdir import ensure_working_directory
 
+    ensure_working_directory()  # torchvision/timm/transformers resolve paths against it when loading
     family, name = _split_spec(spec)
     builder = TARGET_FAMILIES.get(family)
     # Random initialisation is seeded: every actor (and the driver) must build the same network,
