@@ -401,10 +401,11 @@ def assemble_rows(step1: Step1Result) -> list[NeuronRow]:
                     top.append(TopImage(crop.image_id, float(value), True, crop.parent_id, crop.box))
                 else:
                     top.append(TopImage(step1.probe[key].image_id, float(value), False))
-            crops = [
-                NeuronCrop(step1.crops[key].image_id, step1.crops[key].parent_id, step1.crops[key].box, value)
-                for key, value in step1.crop_activations.get((i, position), [])
-            ]
+            # Most activating first, then by id: not the order Ray happened to deliver pass B's batches in.
+            made = sorted(step1.crop_activations.get((i, position), []),
+                          key=lambda pair: (-pair[1], step1.crops[pair[0]].image_id))
+            crops = [NeuronCrop(step1.crops[key].image_id, step1.crops[key].parent_id, step1.crops[key].box, value)
+                     for key, value in made]
             row = NeuronRow(layer.name, neuron, top_images=top, crops=crops, nan_images=int(state.nan_counts[position]))
             if not top:
                 row.fail("no image gave this neuron a finite activation")

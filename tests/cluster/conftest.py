@@ -113,9 +113,82 @@ class RayHead:
 
         return JobSubmissionClient(self.dashboard)
 
+    def nodes(self):
+        """The cluster's nodes from Ray's state API (through the dashboard)."""
+        from ray.util.state import list_nodes
+
+        return list_nodes(address=self.dashboard, limit=100, detail=True)
+
     def stop(self):
         stop_cluster(self.temp_dir)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+class RayWorkerNode:
+    """Another node of ``head``'s cluster on this machine: its own raylet, its own CPUs and a custom
+    resource naming it, started by ``ray start --address ... --block`` in a process group of its own,
+    so a test can stop it, or kill it like a lost machine, by that group."""
+
+    def __init__(self, head, num_cpus=2, resource="dnd_worker_node"):
+        self.head, self.num_cpus, self.resource = head, num_cpus, resource
+        (self.node_manager_port, self.object_manager_port, self.agent_port, self.agent_grpc_port,
+         self.runtime_env_port, self.metrics_port) = free_ports(6)
+        self.process = None
+        self.node_id = None
+
+    def start(self, timeout=120):
+        import json
+
+        command = [
+            "ray", "start", "--address", self.head.address, "--node-ip-address", "127.0.0.1",
+            "--num-cpus", str(self.num_cpus), "--resources", json.dumps({self.resource: 1}),
+            "--object-store-memory", "200000000", "--node-manager-port", str(self.node_manager_port),
+            "--object-manager-port", str(self.object_manager_port), "--dashboard-agent-listen-port", str(self.agent_port),
+            "--dashboard-agent-grpc-port", str(self.agent_grpc_port), "--runtime-env-agent-port", str(self.runtime_env_port),
+            "--metrics-export-port", str(self.metrics_port), "--disable-usage-stats", "--block",
+        ]
+        self.process = subprocess.Popen(command, env=ray_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        start_new_session=True)
+        # Ready when the head's state API lists it alive (with its resource): state, not a sleep.
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            found = [n for n in self.head.nodes() if n.state == "ALIVE" and self.resource in (n.resources_total or {})]
+            if found:
+                self.node_id = found[0].node_id
+                return self
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ray start of the worker node exited with {self.process.returncode}")
+            time.sleep(0.5)
+        raise TimeoutError(f"the worker node did not join {self.head.address} within {timeout}s")
+
+    def processes(self):
+        import psutil
+
+        try:
+            parent = psutil.Process(self.process.pid)
+            return [parent, *parent.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def kill(self):
+        """SIGKILL the node's raylet, its workers and everything they started, as a lost machine."""
+        import psutil
+
+        processes = self.processes()
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        for process in processes:  # any that left the group (a raylet may start its own session)
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(processes, timeout=15)
+
+    def stop(self):
+        if self.process is not None and self.process.poll() is None:
+            self.kill()
 
 
 # Package scope (tests/cluster is a package): the head and its dashboard, agents and monitors are

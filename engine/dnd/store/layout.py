@@ -136,5 +136,5 @@ def ray_parquet(fs: Any, paths: list[str], columns: list[str] | None = None):
 
     filesystem = pafs.PyFileSystem(pafs.FSSpecHandler(fs))
     # Fractional read tasks: a whole CPU each could wait forever behind the actors of a small cluster.
-    dataset = ray.data.read_parquet(paths, filesystem=filesystem, ray_remote_args={"num_cpus": 0.25})
+    dataset = ray.data.read_parquet(paths, filesystem=filesystem, num_cpus=0.25)
     return dataset.select_columns(columns) if columns else dataset
