@@ -272,6 +272,12 @@ def main(argv: list[str] | None = None) -> int:
             return int(args.func(args) or 0)
         except DndError as exc:
             print(f"dnd: error: {exc}", file=sys.stderr)
+            if getattr(exc, "abandons_work", False):
+                # A stalled stage's executor thread would outlive Ray's shutdown at exit and print
+                # tracebacks under this line; the run has nothing left to write, so end here.
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(2)
             return 2
         except KeyboardInterrupt:
             print("dnd: interrupted", file=sys.stderr)

@@ -29,10 +29,25 @@ class ActorPool(_Section):
     pool_size: int = Field(1, ge=1, description="Number of actors, each holding one copy of the model.")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per actor; fractions share a GPU between actors.")
     num_cpus: float = Field(0.5, gt=0, description="CPUs reserved per actor (fractional so small machines don't stall).")
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources per actor, e.g. {gpu_node: 0.01}: the pool runs only on "
+        "nodes that have them (ray start --resources)."
+    )
     device: str = Field("auto", description="torch device: auto (cuda when num_gpus > 0 and available), cpu, cuda, cuda:1 ...")
     threads: int | None = Field(
         None, ge=1, description="torch CPU threads per actor; null = the node's CPUs divided by pool_size (Ray would give 1)."
     )
+
+
+    @field_validator("resources")
+    @classmethod
+    def _custom_resources(cls, resources: dict[str, float]) -> dict[str, float]:
+        for name, amount in resources.items():
+            if name in ("CPU", "GPU", "memory", "object_store_memory"):
+                raise ValueError(f"resources names {name!r}, which num_cpus / num_gpus set; list only custom resources")
+            if amount <= 0:
+                raise ValueError(f"resource {name!r} needs an amount above 0, got {amount}")
+        return resources
 
 
 class TargetConfig(ActorPool):

@@ -19,12 +19,16 @@ from dnd.errors import DndError
 
 
 class StageStalled(DndError):
-    """A stage delivered no batch for the configured time."""
+    """A stage delivered no batch for the configured time. Its Ray Data execution is still running in
+    this process (it cannot be stopped from here), so a command line ends the process after saying so."""
+
+    abandons_work = True
 
 
 def requests_of(stage: Any) -> dict[str, float]:
     """What one actor (or task) of ``stage`` (a config section with num_cpus/num_gpus) asks Ray for."""
-    asks = {"CPU": float(getattr(stage, "num_cpus", 0) or 0), "GPU": float(getattr(stage, "num_gpus", 0) or 0)}
+    asks = {"CPU": float(getattr(stage, "num_cpus", 0) or 0), "GPU": float(getattr(stage, "num_gpus", 0) or 0),
+            **{name: float(amount) for name, amount in (getattr(stage, "resources", None) or {}).items()}}
     return {name: value for name, value in asks.items() if value > 0}
 
 

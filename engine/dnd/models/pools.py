@@ -10,7 +10,7 @@ def actor_pool_options(stage: Any) -> dict[str, Any]:
     """Keyword arguments for ``Dataset.map_batches`` running a callable class on ``stage``'s pool."""
     import ray
 
-    return {
+    options = {
         "compute": ray.data.ActorPoolStrategy(size=stage.pool_size),
         "num_gpus": stage.num_gpus,
         "num_cpus": stage.num_cpus,
@@ -18,3 +18,6 @@ def actor_pool_options(stage: Any) -> dict[str, Any]:
         # killed actor (lost node, OOM-killer) is restarted and its unfinished batches rerun on it
         # (tests/cluster/test_ray_job.py kills one); passing them explicitly is deprecated in Ray 2.60.
     }
+    if getattr(stage, "resources", None):
+        options["resources"] = dict(stage.resources)  # only nodes that have them take the pool
+    return options
