@@ -171,6 +171,28 @@ def _cmd_config_reference(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_compare(sub: Any) -> None:
+    """``dnd compare``: several methods on one shared Step 1."""
+    p = sub.add_parser(
+        "compare", help="describe the same neurons with several methods on one shared Step 1 and compare their "
+        "labels, faithfulness and cost per neuron",
+    )
+    p.add_argument("config", help="run configuration YAML (its target, layers, neurons, probe and Step 1 are shared)")
+    p.add_argument("--methods", default="paper,dnd,clip-dissect",
+                   help="comma-separated methods (default paper,dnd,clip-dissect); NAME=METHOD adds a named variant, "
+                        "e.g. hybrid=dnd")
+    p.add_argument("--with", dest="variant_options", action="append", default=[], metavar="NAME:KEY=VALUE",
+                   help="an option of one method only, e.g. --with hybrid:candidates.clip_dissect_top=5 (repeatable)")
+    p.add_argument("--concepts", help="concept source every method is scored against (as dnd score --concepts; "
+                                      "default: the config's faithfulness section, else clip)")
+    p.add_argument("--own-caches", action="store_true",
+                   help="a cache per method, so each one's seconds per neuron count every model call it needs "
+                        "(default: one shared cache; a method reuses what an earlier one computed)")
+    p.add_argument("--overwrite", action="store_true", help="replace runs of another configuration under --out")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_compare)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dnd",
@@ -207,24 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace a run of another configuration (e.g. other --images) at --out; caches are kept")
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser(
-        "compare", help="describe the same neurons with several methods on one shared Step 1 and compare their "
-        "labels, faithfulness and cost per neuron",
-    )
-    p.add_argument("config", help="run configuration YAML (its target, layers, neurons, probe and Step 1 are shared)")
-    p.add_argument("--methods", default="paper,dnd,clip-dissect",
-                   help="comma-separated methods (default paper,dnd,clip-dissect); NAME=METHOD adds a named variant, "
-                        "e.g. hybrid=dnd")
-    p.add_argument("--with", dest="variant_options", action="append", default=[], metavar="NAME:KEY=VALUE",
-                   help="an option of one method only, e.g. --with hybrid:candidates.clip_dissect_top=5 (repeatable)")
-    p.add_argument("--concepts", help="concept source every method is scored against (as dnd score --concepts; "
-                                      "default: the config's faithfulness section, else clip)")
-    p.add_argument("--own-caches", action="store_true",
-                   help="a cache per method, so each one's seconds per neuron count every model call it needs "
-                        "(default: one shared cache; a method reuses what an earlier one computed)")
-    p.add_argument("--overwrite", action="store_true", help="replace runs of another configuration under --out")
-    _add_config_args(p)
-    p.set_defaults(func=_cmd_compare)
+    _add_compare(sub)
 
     p = sub.add_parser("layers", help="list a model's layers with their neuron counts (no weights are downloaded)")
     p.add_argument("model", help="model spec, e.g. torchvision:resnet50")
