@@ -277,16 +277,17 @@ def main(argv: list[str] | None = None) -> int:
             return int(args.func(args) or 0)
         except DndError as exc:
             print(f"dnd: error: {exc}", file=sys.stderr)
-            if getattr(exc, "abandons_work", False):
-                # A stalled stage's executor thread would outlive Ray's shutdown at exit and print
-                # tracebacks under this line; the run has nothing left to write, so end here.
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(2)
-            return 2
+            if not getattr(exc, "abandons_work", False):
+                return 2
         except KeyboardInterrupt:
             print("dnd: interrupted", file=sys.stderr)
             return 130
+    # A stalled stage: its executor thread would outlive Ray's shutdown at exit and print tracebacks
+    # under the message. The filter has passed the message on (leaving the block drained it) and the
+    # run has nothing left to write, so the process ends here.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(2)
 
 
 if __name__ == "__main__":  # pragma: no cover
