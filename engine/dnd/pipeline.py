@@ -200,16 +200,21 @@ def step1_once(config: RunConfig, layers: list[Any], read_tasks: list[Any], layo
             "top-K and crops loaded from its checkpoint")
         return step1, True
     with named_stage("step 1"):
-        step1 = run_step1(config, layers, read_tasks, layout, log)
+        step1 = run_step1(config, layers, read_tasks, layout, log, step1_key)
     save_step1(layout.step1, step1_key, step1)
     PassAProgress.discard(layout.step1, step1_key)
     return step1, False
 
 
+def recorded_step1(step1_layout: RunLayout) -> str | None:
+    """The digest of the Step 1 a shared Step 1 location holds (None: it holds none yet)."""
+    return (step1_layout.read_json("_STEP1") or {}).get("step1_digest")
+
+
 def claim_shared_step1(step1_layout: RunLayout, step1_key: str) -> None:
     """A shared Step 1 location serves one Step 1 only: its images/ and activations/ are not keyed by
     digest, so a run with other Step 1 settings must not write over what another run reads."""
-    recorded = (step1_layout.read_json("_STEP1") or {}).get("step1_digest")
+    recorded = recorded_step1(step1_layout)
     if recorded is not None and recorded != step1_key:
         raise ConfigError(
             f"output.step1_uri {step1_layout.uri!r} holds the Step 1 of another target, probe, layers, neurons or "
@@ -220,17 +225,17 @@ def claim_shared_step1(step1_layout: RunLayout, step1_key: str) -> None:
 
 
 def run_step1(config: RunConfig, layers: list[Any], read_tasks: list[Any], layout: RunLayout,
-              log: Callable[[str], None]) -> Any:
+              log: Callable[[str], None], step1_key: str) -> Any:
     """Step 1: pass A (every probe image, streaming top-K), then pass B (the top-K images read back
-    once each, attention crops cut and scored), the crops merged into the final top-K as they come."""
-    from dnd.activations.checkpoint import step1_digest
+    once each, attention crops cut and scored), the crops merged into the final top-K as they come.
+    ``step1_key``: Step 1's digest, which names pass A's progress saves."""
     from dnd.activations.progress import PassAProgress
     from dnd.activations.step1 import CropMerger, crop_requests, run_pass_a
     from dnd.cropping.stage import run_pass_b
     from dnd.store.activations import ActivationWriter
 
     step1 = config.step1
-    progress = PassAProgress(layout.step1, step1_digest(config), config.output.checkpoint_images,
+    progress = PassAProgress(layout.step1, step1_key, config.output.checkpoint_images,
                              config.output.checkpoint_seconds)
     resume = progress.saved.get("kept") if progress.saved is not None else None
     kept = ActivationWriter(layout.step1, layers, step1.activations_dtype, resume=resume) if step1.keep_activations else None

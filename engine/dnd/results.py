@@ -14,11 +14,12 @@ class Results:
 
     def __init__(self, uri: str, storage_options: dict | None = None):
         self.uri = uri
-        self.layout = open_layout(uri, storage_options)
+        # _SUCCESS is read once: it says where the run's cache and Step 1 are, and is the manifest.
+        self.layout, self._success = open_layout(uri, storage_options)
 
     @cached_property
     def manifest(self) -> dict[str, Any]:
-        data = self.layout.read_json("_SUCCESS")
+        data = self._success if self._success is not None else self.layout.read_json("_SUCCESS")
         if data is None:
             raise StorageError(f"{self.uri!r} has no _SUCCESS: the run is unfinished or this is not a dnd run")
         return data

@@ -90,8 +90,9 @@ def test_a_run_that_shares_a_step1_reads_its_images_there(tmp_path):
     assert run.shares_step1 and run.step1.uri == str(tmp_path / "step1")
     assert not RunLayout(str(tmp_path / "own")).shares_step1
     run.write_json({"config": {"output": {"step1_uri": str(tmp_path / "step1"), "cache_uri": None}}}, "_SUCCESS")
-    opened = open_layout(str(tmp_path / "dnd"))
+    opened, manifest = open_layout(str(tmp_path / "dnd"))
     assert opened.step1.uri == str(tmp_path / "step1") and opened.cache == str(tmp_path / "dnd" / "cache")
+    assert manifest["config"]["output"]["step1_uri"] == str(tmp_path / "step1")
 
 
 class _Run:

@@ -20,15 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dnd.activations.checkpoint import CHECKPOINT_DIR
 from dnd.store.fs import write_atomic
 
 if TYPE_CHECKING:
     from dnd.activations.step1 import PassA
     from dnd.records import ProbeImage
     from dnd.store.layout import RunLayout
-
-CHECKPOINT_DIR = "checkpoints"
-
 
 class PassAProgress:
     """Where pass A saves its progress and when; ``saved`` is what an earlier attempt left (or None)."""
@@ -38,7 +36,6 @@ class PassAProgress:
         self.path = layout.path(CHECKPOINT_DIR, progress_name(digest))
         self.saved = self._load()
         self._last_images, self._last_time = 0, time.time()
-        self.saves = 0
 
     def due(self, images_read: int) -> bool:
         return (images_read - self._last_images >= self.every_images
@@ -61,7 +58,6 @@ class PassAProgress:
         np.savez(buffer, **arrays)
         write_atomic(self.layout.fs, self.path, buffer.getvalue())
         self._last_images, self._last_time = result.images_read, time.time()
-        self.saves += 1
 
     def _load(self) -> dict[str, Any] | None:
         if not self.layout.fs.exists(self.path):

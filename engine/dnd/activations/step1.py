@@ -83,6 +83,10 @@ def run_pass_a(config: RunConfig, layers: list[LayerPlan], read_tasks: list[Any]
         source_rank.setdefault(task.source, len(source_rank))
     started = time.time()
     remaining = [i for i in range(len(read_tasks)) if i not in done]
+
+    def save() -> None:  # the activations kept so far are committed with the state that counts them
+        progress.save(result, seen, per_source, done, taken, kept.commit() if kept is not None else None)
+
     for batch in (_activation_stream(config, layers, read_tasks, remaining, taken) if remaining else ()):
         keep = _first_sightings(batch, result, seen, source_rank, per_source)
         if keep:
@@ -95,12 +99,12 @@ def run_pass_a(config: RunConfig, layers: list[LayerPlan], read_tasks: list[Any]
                          [str(x) for x in batch["source"][index]], [batch[f"act_{i}"][index] for i in range(len(layers))])
         _finished_tasks(batch, taken, done)
         if progress is not None and progress.due(result.images_read):
-            progress.save(result, seen, per_source, done, taken, kept.commit() if kept is not None else None)
+            save()
         if result.images_read % 2000 < len(batch["key"]):
             log(f"step 1: {result.images_read} probe images through the target model")
     if progress is not None and remaining:
         # Pass A whole: a run that dies in pass B does not read the probing set again.
-        progress.save(result, seen, per_source, done, taken, kept.commit() if kept is not None else None)
+        save()
     result.seconds = time.time() - started
     result.images_used = len(seen)
     result.per_source = dict(per_source)

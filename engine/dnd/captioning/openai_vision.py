@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 from dnd.backends import positive_int
 from dnd.captioning.base import CAPTIONERS
 from dnd.captioning.cleanup import decoded_caption
-from dnd.errors import ConfigError
 from dnd.chat.caller import ChatCaller, Outcome
 from dnd.chat.compat import RetryPolicy, read_api_key
 from dnd.chat.limits import DEFAULT_INITIAL_CONCURRENCY, DEFAULT_MAX_CONCURRENCY, Limits
+from dnd.errors import ConfigError
 from dnd.usage import Usage
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -127,5 +127,3 @@ class RetryPolicy:
         step = self.backoff_s * (2**attempt)
         jittered = step / 2 + rng.uniform(0, step / 2)
         return min(max(jittered, retry_after_s(exc)), self.backoff_cap_s)
-
-

@@ -18,12 +18,12 @@ import inspect
 import logging
 from typing import Any
 
-from dnd.concepts import parsing, prompts
-from dnd.concepts.base import SUMMARIZERS, Answer, Usage
-from dnd.errors import ConfigError
 from dnd.chat.caller import ChatCaller
 from dnd.chat.compat import RetryPolicy, read_api_key, short
 from dnd.chat.limits import DEFAULT_INITIAL_CONCURRENCY, DEFAULT_MAX_CONCURRENCY, Limits
+from dnd.concepts import parsing, prompts
+from dnd.concepts.base import SUMMARIZERS, Answer, Usage
+from dnd.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -122,15 +122,15 @@ def score_run(layout: RunLayout, config: RunConfig, spec: FaithfulnessConfig, lo
 def open_run(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[RunLayout, dict[str, Any], RunConfig]:
     """A finished run's layout (with its own cache location), ``_SUCCESS`` and config."""
     from dnd.config import RunConfig
-    from dnd.store.layout import RunLayout
+    from dnd.store.layout import open_layout
 
-    manifest = RunLayout(uri, storage_options or {}).read_json("_SUCCESS")
+    layout, manifest = open_layout(uri, storage_options)
     if manifest is None:
         raise DndError(f"{uri!r} holds no finished run (no _SUCCESS); score a run once dnd dissect has finished it")
     config = RunConfig.model_validate(manifest["config"])
     if storage_options:
         config.output.storage_options = storage_options
-    return RunLayout(uri, storage_options or {}, config.output.cache_uri, config.output.step1_uri), manifest, config
+    return layout, manifest, config
 
 
 def concept_vectors(uri: str, concepts: str, explanations: list[str], options: dict[str, Any] | None = None,

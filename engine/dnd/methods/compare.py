@@ -141,6 +141,7 @@ def compare(config: Any, methods: str | list[str] = "paper,dnd,clip-dissect", ou
     from dnd.backends import load_backends
     from dnd.config import load_config
     from dnd.pipeline import _log_to_stderr, dissect
+    from dnd.store.fs import join
     from dnd.store.layout import RunLayout
 
     log = log or _log_to_stderr
@@ -149,7 +150,7 @@ def compare(config: Any, methods: str | list[str] = "paper,dnd,clip-dissect", ou
     variants = parse_variants(methods, options)
     root = absolute(out or base.output.uri)
     configs = variant_configs(base, variants, root, concepts, own_caches)
-    layout = RunLayout(root, base.output.storage_options)
+    layout = RunLayout(root, base.output.storage_options, step1_uri=join(root, STEP1_FOLDER))
     layout.check_writable()
     if overwrite:
         _forget_other_step1(layout, configs[variants[0].name])
@@ -168,8 +169,9 @@ def compare(config: Any, methods: str | list[str] = "paper,dnd,clip-dissect", ou
 def _forget_other_step1(layout: Any, config: RunConfig) -> None:
     """--overwrite: a shared Step 1 of other settings at this root is removed, as a run's own is."""
     from dnd.activations.checkpoint import step1_digest
+    from dnd.pipeline import recorded_step1
 
-    recorded = (layout.read_json(STEP1_FOLDER, "_STEP1") or {}).get("step1_digest")
+    recorded = recorded_step1(layout.step1)
     if recorded is not None and recorded != step1_digest(config):
         layout.remove(STEP1_FOLDER)
 

@@ -118,15 +118,16 @@ class RunLayout:
         return pa.concat_tables(tables) if tables else None
 
 
-def open_layout(uri: str, storage_options: dict | None = None) -> RunLayout:
-    """The layout of the run at ``uri`` as its ``_SUCCESS`` records it: its cache and, for a run that
-    shares another's Step 1, where that Step 1's images and activations are. A run without
-    ``_SUCCESS`` gets the default places."""
+def open_layout(uri: str, storage_options: dict | None = None) -> tuple[RunLayout, dict | None]:
+    """The run at ``uri`` as its ``_SUCCESS`` records it: its layout (its cache and, for a run that
+    shares another's Step 1, where that Step 1's images and activations are) and the ``_SUCCESS``
+    read for it. A run without ``_SUCCESS`` gets the default places and None."""
     plain = RunLayout(uri, storage_options or {})
-    output = ((plain.read_json("_SUCCESS") or {}).get("config") or {}).get("output") or {}
+    manifest = plain.read_json("_SUCCESS")
+    output = ((manifest or {}).get("config") or {}).get("output") or {}
     if not output.get("cache_uri") and not output.get("step1_uri"):
-        return plain
-    return RunLayout(uri, storage_options or {}, output.get("cache_uri"), output.get("step1_uri"))
+        return plain, manifest
+    return RunLayout(uri, storage_options or {}, output.get("cache_uri"), output.get("step1_uri")), manifest
 
 
 def ray_parquet(fs: Any, paths: list[str], columns: list[str] | None = None):
