@@ -5,8 +5,10 @@ Ray actors. Ray hands the driver an ``ActorDiedError`` whose text holds the work
 ``RayTaskError`` that wraps the original exception. :func:`named_stage` finds the DndError in either
 and raises it again with the stage's name in front. Any other exception raised while an actor was
 being created (a backend bug in a constructor) becomes one line too, with its type, and Ray's worker
-log keeps the full traceback. Errors raised while a batch is processed that are not DndErrors are
-bugs, and keep their traceback.
+log keeps the full traceback. A stage that fails because the cluster lost something it held (a node,
+a worker process, the objects on them) is not a bug either: :func:`lost_to_the_cluster` names it, and
+the line says that the same command resumes the run. Errors raised while a batch is processed that
+are not DndErrors are bugs, and keep their traceback.
 """
 
 from __future__ import annotations
@@ -51,6 +53,43 @@ def _final_line(exc: BaseException) -> tuple[str, str] | None:
     return None
 
 
+#: Ray's errors for work lost with a process or node, not caused by the stage's own code. Ray Data
+#: does not always hand these on as themselves: a task that failed on a dead node can reach the
+#: driver as an ``UnserializableException`` whose text names the original, so the text is read too.
+LOST_WORK = ("NodeDiedError", "LocalRayletDiedError", "WorkerCrashedError", "ActorDiedError", "ActorUnavailableError",
+             "ObjectLostError", "OwnerDiedError", "ObjectFetchTimedOutError", "ObjectReconstructionFailedError",
+             "ObjectReconstructionFailedMaxAttemptsExceededError", "ObjectReconstructionFailedLineageEvictedError",
+             "OutOfMemoryError")
+_LOST_NAME = re.compile(r"\b(" + "|".join(sorted(LOST_WORK, key=len, reverse=True)) + r")\b")
+
+
+def lost_to_the_cluster(exc: BaseException) -> str | None:
+    """The name of the Ray error saying ``exc`` came from lost work (a dead node, worker or object),
+    found in its chain of causes or in the text Ray carries for it; None for anything else."""
+    seen: set[int] = set()
+    stack = [exc]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        for kind in type(current).__mro__:
+            if kind.__name__ in LOST_WORK and kind.__module__.startswith("ray"):
+                return kind.__name__
+        stack.extend([getattr(current, "cause", None), current.__cause__, current.__context__])
+    found = _LOST_NAME.search(_ANSI.sub("", str(exc)))
+    return found.group(1) if found else None
+
+
+def lost_work_message(stage: str, kind: str) -> str:
+    if kind == "OutOfMemoryError":
+        what = "Ray's memory monitor killed one of its workers (OutOfMemoryError): give the stage smaller batches or the nodes more memory"
+    else:
+        what = f"the Ray cluster lost a node, worker or object it was using ({kind})"
+    return (f"{stage}: {what}. Everything finished before is saved; run the same command again to resume, "
+            "once the cluster has the nodes the stage needs")
+
+
 def _died_in_constructor(exc: BaseException) -> bool:
     return "error raised in its creation task" in str(exc)
 
@@ -70,4 +109,7 @@ def named_stage(name: str) -> Iterator[None]:
             final = _final_line(exc)
             detail = f"{final[0].rsplit('.', 1)[-1]}: {final[1]}" if final else type(exc).__name__
             raise DndError(f"{name}: an actor could not start ({detail}); Ray's worker logs hold the traceback") from None
+        lost = lost_to_the_cluster(exc)
+        if lost is not None:
+            raise DndError(lost_work_message(name, lost)) from None
         raise

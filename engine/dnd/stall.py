@@ -54,7 +54,8 @@ def describe_stall(what: str, asks: dict[str, float], timeout_s: float, view: di
         largest = max(view["nodes"], key=lambda node: tuple(float(node.get(n, 0)) for n in names))
         message += f", none of which can hold one (the largest has {_amounts(largest, names)})"
     return (message + ". Give the stage less (its num_cpus / num_gpus) or the cluster more; if it is only slow, "
-            "raise ray.stall_timeout_s (null waits forever)")
+            "raise ray.stall_timeout_s (null waits forever). Everything finished before is saved: the same command "
+            "resumes the run")
 
 
 def watched(batches: Iterable[Any], what: str, asks: dict[str, float], timeout_s: float | None) -> Iterator[Any]:

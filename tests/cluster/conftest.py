@@ -246,15 +246,16 @@ def read_run(s3, prefix):
     return table.to_pandas(), json.loads(body)
 
 
-def submit(head, s3, prefix, overrides, submission_id, extra_args=()):
-    """``ray job submit`` (CLI, no waiting) of ``dnd dissect`` on the smoke config, writing to S3."""
+def submit(head, s3, prefix, overrides, submission_id, extra_args=(), env=None):
+    """``ray job submit`` (CLI, no waiting) of ``dnd dissect`` on the smoke config, writing to S3;
+    ``env``: more environment variables for the job's driver and workers."""
     import json
 
     # Exactly what a user types after `--` (the ray CLI quotes each word for the job's shell).
     words = ["dnd", "dissect", SMOKE, "--out", f"s3://{BUCKET}/{prefix}", *extra_args]
     for override in overrides:
         words += ["--set", override]
-    runtime_env = {"env_vars": {**s3["env"], "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"}}
+    runtime_env = {"env_vars": {**s3["env"], "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled", **(env or {})}}
     subprocess.run(
         ["ray", "job", "submit", "--address", head.dashboard, "--submission-id", submission_id, "--no-wait",
          "--runtime-env-json", json.dumps(runtime_env), "--", *words],

@@ -80,8 +80,10 @@ def server(local_ray, tmp_path_factory):
     app["args"]["token_env"] = TOKEN_ENV
     app["runtime_env"] = {"env_vars": {TOKEN_ENV: TOKEN, "HF_HUB_OFFLINE": "1"}}
     start(config, log=lambda message: None, timeout_s=600)
+    served = Server(f"http://127.0.0.1:{port}", output_dir)
+    served.config = config  # what was deployed: a test redeploys it with other replica counts
     try:
-        yield Server(f"http://127.0.0.1:{port}", output_dir)
+        yield served
     finally:
         serve.shutdown()
 
@@ -507,3 +509,106 @@ def _plain(value):
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+# --- a replica lost under load (last in the module: it scales the captioner and puts it back) ----
+
+
+def _replica_actors(state):
+    """The captioner's replica actors in ``state`` (ServeReplica:<app>:<deployment> actors), from the
+    GCS actor table: Ray's state API (ray.util.state) is served by the dashboard, which this tier's
+    local Ray runs without; the table is what that API lists actors from."""
+    from ray._private import state as gcs
+
+    return [actor for actor in gcs.actors().values()
+            if actor["ActorClassName"] == "ServeReplica:dnd:Captioner" and actor["State"] == state]
+
+
+def _wait_for(predicate, timeout_s, what):
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"not {what} after {timeout_s}s"
+        time.sleep(0.2)
+
+
+def _captioner_running(replicas):
+    from ray import serve
+
+    app = serve.status().applications.get("dnd")
+    overview = app and app.deployments.get("Captioner")
+    if not overview:
+        return False
+    states = {str(getattr(state, "value", state)): count for state, count in overview.replica_states.items()}
+    return str(getattr(overview.status, "value", overview.status)) == "HEALTHY" and states == {"RUNNING": replicas}
+
+
+def _deploy_captioner_replicas(server, replicas):
+    """The module's application again, but for the captioner's num_replicas (a lightweight update:
+    no replica restarts), waiting until Serve runs exactly that many."""
+    import copy
+
+    from dnd.serve.launch import start
+
+    config = copy.deepcopy(server.config)
+    for deployment in config["applications"][0]["deployments"]:
+        if deployment["name"] == "Captioner":
+            deployment["num_replicas"] = replicas
+    start(config, log=lambda message: None, timeout_s=300)
+    # start() returns once the application reads RUNNING, which it may still do from before the update.
+    _wait_for(lambda: _captioner_running(replicas) and len(_replica_actors("ALIVE")) == replicas, 300,
+              f"{replicas} captioner replicas running")
+
+
+def test_a_replica_killed_under_a_dissections_calls_loses_no_caption(server, caplog):
+    """SIGKILL one of two captioner replicas while the engine's serve captioner (handle path) has
+    calls in flight: the calls on the dead replica are sent again, every image gets its caption."""
+    import signal
+    import threading
+
+    from dnd.serve.client import ServeCaptioner
+
+    images = [decoded(png((32, 32), seed=500 + i)) for i in range(192)]
+    calls = [images[i:i + 12] for i in range(0, len(images), 12)]  # 16 calls, as a Step 2A pool would send
+    _deploy_captioner_replicas(server, 2)
+    try:
+        captioner = ServeCaptioner(app="dnd")
+        expected = captioner.caption(images)  # before the kill, on both replicas
+        captions = [None] * len(calls)
+        errors = []
+        first_done = threading.Event()
+
+        def worker(indices):
+            for index in indices:
+                try:
+                    captions[index] = captioner.caption(calls[index])
+                except Exception as exc:  # reported by the assertions below
+                    errors.append(f"{type(exc).__name__}: {exc}")
+                first_done.set()
+
+        # Eight concurrent streams of 12 images keep ~3 batches of 16 queued on each replica, so the kill
+        # lands on calls the replica has accepted (Serve itself resends only those not yet accepted).
+        threads = [threading.Thread(target=worker, args=(range(k, len(calls), 8),), daemon=True) for k in range(8)]
+        with caplog.at_level("WARNING", logger="dnd"):
+            for thread in threads:
+                thread.start()
+            assert first_done.wait(timeout=120), "no caption call finished"
+            victim = _replica_actors("ALIVE")[0]
+            os.kill(victim["Pid"], signal.SIGKILL)  # a process death, not a graceful ray.kill
+            for thread in threads:
+                thread.join(timeout=300)
+            assert not any(thread.is_alive() for thread in threads), "caption calls still running after 300s"
+
+        assert not errors, errors
+        assert [caption for call in captions for caption in call] == expected
+        # The calls that died with the replica were retried by the client, and logged once per burst.
+        retried = [r.getMessage() for r in caplog.records if r.name == "dnd" and "retrying" in r.getMessage()]
+        assert retried and "ActorDiedError" in retried[0], retried
+        _wait_for(lambda: victim["ActorID"] not in {a["ActorID"] for a in _replica_actors("ALIVE")}, 60,
+                  "the killed replica gone")
+        from ray._private import state as gcs
+
+        assert gcs.actors(victim["ActorID"])["State"] == "DEAD"
+    finally:
+        _deploy_captioner_replicas(server, 1)  # as the module's other tests found it

@@ -270,3 +270,65 @@ def test_pass_a_killed_midway_resumes_from_its_last_save_with_the_same_top_k(loc
     for layer in LAYERS:
         rows = dict(zip(got.image_ids, got.matrix(layer).T.tolist()))
         assert rows == dict(zip(want.image_ids, want.matrix(layer).T.tolist()))
+
+
+def test_pass_b_killed_midway_resumes_per_top_image_with_the_same_crops_and_top_k(local_ray, tmp_path):
+    """A pass B that dies after some batches resumes from its last save: only the top images it had
+    not finished go to the actors again, images/ holds every image and crop once, and the merged
+    top-K and crop activations equal an undisturbed pass B's."""
+    from dnd.activations.step1 import CropMerger, crop_requests, run_pass_a
+    from dnd.cropping.progress import PassBProgress
+    from dnd.cropping.stage import run_pass_b
+    from dnd.pipeline import plan_layers
+    from dnd.probe.sources import plan_reads
+    from dnd.store.layout import RunLayout
+
+    config = config_for(tmp_path)
+    config.target.batch_size = 4  # pass B batches of 4 top images, so saves fall between batches
+    layers = plan_layers(config)
+    read_tasks, _ = plan_reads(config.probe)
+    quiet = lambda message: None  # noqa: E731
+    found = run_pass_a(config, layers, read_tasks, quiet)
+    requests = crop_requests(layers, found.topk, found.probe, config.step1.linear_crops)
+    assert len(requests) > 12
+
+    def merged(step1_layout, progress=None, die_after=None):
+        merger = CropMerger(layers, found.topk, config.step1.top_k, config.step1.linear_crops, config.step1.crop_scope)
+        progress = progress(merger) if progress else None
+        calls = []
+
+        def on_crops(keys, made_for, activations):
+            calls.append(len(keys))
+            if die_after is not None and len(calls) > die_after:
+                raise RuntimeError("killed")
+            merger.add(keys, made_for, activations)
+
+        result = run_pass_b(config, layers, found.probe, requests, step1_layout, on_crops, progress=progress)
+        return result, merger, calls
+
+    plain = RunLayout(str(tmp_path / "plain"))
+    undisturbed, reference, _ = merged(plain)
+
+    layout = RunLayout(str(tmp_path / "killed"))
+    save_every = lambda merger: PassBProgress(layout, "d", 4, 1e9, merger)  # noqa: E731
+    with pytest.raises(RuntimeError, match="killed"):
+        merged(layout, save_every, die_after=2)
+    saved = PassBProgress(layout, "d", 4, 1e9, CropMerger(layers, found.topk, 4, "gradcam", "layer")).saved
+    assert saved is not None and 0 < len(saved["done"]) < len(requests)
+
+    resumed, merger, calls = merged(layout, save_every)
+    assert resumed.resumed == len(saved["done"])
+    # Only the unfinished top images were cropped again: their crops and the saved ones make all of them.
+    assert sum(calls) + saved["crop_count"] == undisturbed.crop_count == resumed.crop_count
+    assert resumed.crops == undisturbed.crops
+    for mine, theirs in zip(merger.finish(), reference.finish()):
+        np.testing.assert_array_equal(mine.keys, theirs.keys)
+        np.testing.assert_allclose(mine.values, theirs.values, rtol=1e-5)
+    assert set(merger.crop_activations) == set(reference.crop_activations)
+    for key, pairs in reference.crop_activations.items():
+        got = dict(merger.crop_activations[key])
+        assert got.keys() == dict(pairs).keys()
+        assert list(got.values()) == pytest.approx([dict(pairs)[k] for k in got], rel=1e-5)
+    stored, want = layout.read_table("images").to_pandas(), plain.read_table("images").to_pandas()
+    assert sorted(stored["image_id"]) == sorted(want["image_id"])  # every image and crop once
+    assert len(stored) == len(set(stored["image_id"]))

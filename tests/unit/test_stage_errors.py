@@ -64,3 +64,47 @@ def test_a_constructor_bug_is_one_line_and_a_batch_bug_keeps_its_traceback():
     with pytest.raises(ConfigError, match="^as it was$"):
         with named_stage("step 1"):
             raise ConfigError("as it was")
+
+
+# What reached the driver when a worker node was SIGKILLed during Step 3 (Ray 2.60, abridged): Ray
+# Data's file listing had run on that node, and its failure arrived as text only.
+LISTING_LOST = """Failed to unpickle serialized exception
+Original exception: ray.exceptions.RayTaskError: ray::ListFiles() (pid=4242, ip=127.0.0.1)
+ray.exceptions.NodeDiedError: The node with node id: 1f2e running at 127.0.0.1 has died."""
+
+
+def test_work_lost_with_a_node_is_one_line_that_says_the_same_command_resumes():
+    import ray.exceptions
+
+    from dnd.stage_errors import lost_to_the_cluster
+
+    with pytest.raises(DndError) as caught:
+        with named_stage("step 3 (generation and selection)"):
+            raise ray.exceptions.UnserializableException(LISTING_LOST)
+    message = str(caught.value)
+    assert message.startswith("step 3 (generation and selection): the Ray cluster lost a node, worker or object "
+                              "it was using (NodeDiedError)")
+    assert "run the same command again to resume" in message and "\n" not in message
+    assert caught.value.__suppress_context__
+    # Ray's own classes, raised as themselves or as the cause of another error, subclasses included.
+    assert lost_to_the_cluster(ray.exceptions.NodeDiedError("node 1f2e died")) == "NodeDiedError"
+    lost = ray.exceptions.ObjectLostError("ab" * 14, None, "")
+    assert lost_to_the_cluster(RayTaskError("ray::MapBatches failed", lost)) == "ObjectLostError"
+    assert lost_to_the_cluster(ray.exceptions.OwnerDiedError("ab" * 14, None, "")) == "OwnerDiedError"
+    try:
+        try:
+            raise ray.exceptions.WorkerCrashedError()
+        except ray.exceptions.WorkerCrashedError as inner:
+            raise RuntimeError("batch failed") from inner
+    except RuntimeError as outer:
+        assert lost_to_the_cluster(outer) == "WorkerCrashedError"
+    # A worker killed for memory says what to change instead.
+    with pytest.raises(DndError, match=r"^step 1: Ray's memory monitor killed one of its workers \(OutOfMemoryError\)"):
+        with named_stage("step 1"):
+            raise ray.exceptions.OutOfMemoryError("Task was killed due to the node running low on memory.")
+    # Look-alikes are not lost work: our stand-in class, a bug whose text merely says "died".
+    assert lost_to_the_cluster(ActorDiedError("the actor died")) is None
+    assert lost_to_the_cluster(ValueError("the node with the parent died")) is None
+    with pytest.raises(RayTaskError):  # a bug in a batch keeps its traceback
+        with named_stage("step 2B (concepts)"):
+            raise RayTaskError("ray::task failed", KeyError("x"))

@@ -57,6 +57,8 @@ API_VERSION = "v1"
 _REQUEST_OPTIONS = ("steps", "height", "width")
 #: Consecutive failed model calls after which a replica reports itself unhealthy (Serve restarts it).
 _UNHEALTHY_AFTER = 3
+#: Tries of a model call whose replica died under it, before the Api answers 503 (see Api._remote).
+_REPLICA_ATTEMPTS = 4
 #: Option names (or name endings) whose values /v1/models never shows.
 _SECRET_NAMES = ("key", "token", "secret", "password", "auth", "authorization", "credentials")
 
@@ -357,6 +359,7 @@ class Api:
         self._token = os.environ.get(self.args.token_env, "") if self.args.token_env else ""
         self._static: dict[str, dict] = {}
         self._output_fs: Any = None
+        self._replica_lost = False
         if self.args.token_env and not self._token:
             logger.warning("dnd Api: %s is not set; the endpoints are open", self.args.token_env)
 
@@ -376,11 +379,35 @@ class Api:
             raise ApiError(404, f"this server runs no {family} (its config sets {family}: null)")
         return handle
 
-    async def _remote(self, response: Any, family: str) -> Any:
-        try:
-            return await response
-        except ModelCallError as exc:
-            raise ApiError(500, f"the {family} failed on this request: {exc}") from None
+    async def _remote(self, call: Callable[[], Any], family: str) -> Any:
+        """``await call()`` (a model deployment call), sent again when the replica that ran it died.
+
+        Serve routes around a replica it knows is dead, but a request already running on a replica
+        when its process dies fails with the replica (ActorDiedError): without this, every request
+        in flight there would be a 500 to its HTTP client. Resending is safe: a caption or a
+        (prompt, seed) image is the same whichever replica makes it. The router sends the retry to a
+        live replica, or holds it until the replacement is up."""
+        from ray.exceptions import RayActorError
+        from ray.serve.exceptions import ReplicaUnavailableError
+
+        for attempt in range(1, _REPLICA_ATTEMPTS + 1):
+            try:
+                result = await call()
+            except ModelCallError as exc:
+                raise ApiError(500, f"the {family} failed on this request: {exc}") from None
+            except (RayActorError, ReplicaUnavailableError) as exc:
+                if attempt == _REPLICA_ATTEMPTS:
+                    raise ApiError(503, f"the {family} replicas went away under this request {attempt} times "
+                                        f"({type(exc).__name__}); retry later") from None
+                if not self._replica_lost:  # one line per replica loss, not one per request it failed
+                    logger.warning("dnd Api: a %s replica went away under requests (%s); sending them again",
+                                   family, type(exc).__name__)
+                self._replica_lost = True
+                await asyncio.sleep(0.1 * 2 ** (attempt - 1))
+                continue
+            self._replica_lost = False
+            return result
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _describe(self, family: str) -> dict:
         """The deployment's description without its counters, fetched once (it does not change)."""
@@ -435,7 +462,7 @@ class Api:
         images = await asyncio.to_thread(
             lambda: [decode_image(data, f"image {i}", self.limits.max_image_pixels) for i, data in enumerate(payloads)]
         )
-        captions = await self._remote(handle.caption.remote(images), "captioner")
+        captions = await self._remote(lambda: handle.caption.remote(images), "captioner")
         info = await self._describe("captioner")
         return {"captions": list(captions), "model": info["cache_key"]}
 
@@ -457,7 +484,8 @@ class Api:
         if mode == "uri" and not settings.output_uri:
             raise ApiError(422, "'return': 'uri' needs an object-store prefix, and this server has none configured")
         results = await self._remote(
-            handle.generate.remote(parsed.prompts, seeds, parsed.steps, parsed.height, parsed.width), "generator"
+            lambda: handle.generate.remote(parsed.prompts, seeds, parsed.steps, parsed.height, parsed.width),
+            "generator",
         )
         request_key = (info["cache_key"], parsed.steps, parsed.height, parsed.width)
         images = await asyncio.to_thread(self._encode_all, parsed.prompts, seeds, results, mode, request_key)

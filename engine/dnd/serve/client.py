@@ -18,13 +18,17 @@ pipeline's caches key their outputs by the remote model's own cache key (:meth:`
 from __future__ import annotations
 
 import base64
+import http.client
 import io
 import json
+import logging
 import os
+import random
+import threading
 import time
 import urllib.error
 import urllib.request
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from dnd.captioning.base import CAPTIONERS
 from dnd.errors import ConfigError, DndError
@@ -34,10 +38,26 @@ from dnd.serve.settings import CAPTIONER, DEFAULT_APP, DEFAULT_TOKEN_ENV, GENERA
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
+logger = logging.getLogger("dnd")
+
 _DEPLOYMENTS = {"captioner": CAPTIONER, "generator": GENERATOR}
-#: HTTP statuses worth one more try: the proxy or a replica is momentarily unavailable.
-_RETRY_STATUSES = frozenset({502, 503, 504})
-_RETRIES = 2
+
+# Retries. A replica that dies mid-request (a crash, an OOM kill, a node lost) fails the requests it
+# was running; Serve replaces it, and the deployment's other replicas (or the replacement, which the
+# router waits for) answer the same request again. Retrying is safe because captioning and generation
+# are idempotent: the same images, or the same prompts and seeds, give the same captions and images,
+# and nothing is written server-side except content-named files (the same request, the same name).
+#: Tries per call, the first included. Each waits for a free replica, so a few are enough.
+_ATTEMPTS = 5
+#: Backoff before the second try, doubled before each next one (with jitter) up to _BACKOFF_MAX_S.
+_BACKOFF_S = 0.25
+_BACKOFF_MAX_S = 2.0
+#: HTTP statuses that mean "the proxy or a replica went away or is restarting". A 500 is one too: the
+#: Api resends a call whose model replica died (app.py, Api._remote), but a request whose Api replica
+#: itself died, or an older server, still answers 500 (see _retryable_http).
+_RETRY_STATUSES = frozenset({500, 502, 503, 504})
+#: The Api's own 500 for an input the model fails on (app.py, Api._remote): deterministic, not retried.
+_MODEL_FAILED = "failed on this request"
 
 
 def _check_options(app: Any, url: Any, token_env: Any, timeout_s: Any) -> None:
@@ -64,9 +84,73 @@ def connect(family: str, app: str = DEFAULT_APP, url: str | None = None,
 class _Remote:
     family: str
     info: dict
+    timeout_s: float
 
     def identity(self) -> str:
         return f"{self.info['backend']}|{self.info['code_digest']}|{self.info['cache_key']}"
+
+    def _retrying(self, what: str, call: Callable[[float], Any], retryable: Callable[[Exception], bool],
+                  describe: Callable[[Exception], str]) -> Any:
+        """``call(timeout)`` until it succeeds, retrying the failures ``retryable`` accepts with
+        backoff, at most _ATTEMPTS tries and timeout_s seconds in all; then one DndError naming
+        ``what``, ``describe(last failure)`` and the tries. Other failures propagate at once."""
+        deadline = time.monotonic() + self.timeout_s
+        delay = _BACKOFF_S
+        for attempt in range(1, _ATTEMPTS + 1):
+            remaining = deadline - time.monotonic()
+            try:
+                result = call(max(remaining, 0.001))
+            except Exception as exc:
+                if not retryable(exc):
+                    raise
+                pause = min(delay, _BACKOFF_MAX_S) * (0.5 + random.random() / 2)
+                if attempt == _ATTEMPTS or time.monotonic() + pause >= deadline:
+                    self._burst_over()
+                    elapsed = self.timeout_s - (deadline - time.monotonic())
+                    raise DndError(f"{what} failed after {attempt} attempt{'s' if attempt > 1 else ''} in "
+                                   f"{elapsed:.1f}s: {describe(exc)}") from None
+                self._note_retry(what, describe(exc))
+                time.sleep(pause)
+                delay *= 2
+                continue
+            self._burst_over()
+            return result
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # One warning per burst of failures, not one per request: a replica loss fails every request that
+    # was in flight on it at once, and a dissection sends many in parallel through one client.
+    _burst_lock = threading.Lock()
+
+    def _note_retry(self, what: str, reason: str) -> None:
+        with self._burst_lock:
+            retries = getattr(self, "_burst_retries", 0)
+            self._burst_retries = retries + 1
+        if retries == 0:
+            logger.warning("serve %s: %s failed (%s); retrying (up to %d attempts, %.0fs): the requests are "
+                           "idempotent", self.family, what, reason, _ATTEMPTS, self.timeout_s)
+
+    def _burst_over(self) -> None:
+        with self._burst_lock:
+            retries = getattr(self, "_burst_retries", 0)
+            self._burst_retries = 0
+        if retries:
+            logger.warning("serve %s: answering again after %d retr%s", self.family, retries,
+                           "y" if retries == 1 else "ies")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+
+
+def _replica_gone(exc: Exception) -> bool:
+    """A handle call failed because its replica died or cannot be reached (not because of its input)."""
+    from ray.exceptions import RayActorError
+    from ray.serve.exceptions import ReplicaUnavailableError
+
+    # RayActorError covers ActorDiedError (the replica's process died under the request: what Ray 2.60's
+    # DeploymentResponse.result raises then) and ActorUnavailableError (unreachable for now).
+    return isinstance(exc, (RayActorError, ReplicaUnavailableError))
 
 
 class _HandleRemote(_Remote):
@@ -76,6 +160,7 @@ class _HandleRemote(_Remote):
         self.family = family
         self.timeout_s = timeout_s
         deployment = _DEPLOYMENTS[family]
+        self.where = f"deployment {deployment!r} of Serve application {app!r}"
         try:
             import ray
             from ray import serve
@@ -92,11 +177,44 @@ class _HandleRemote(_Remote):
                 f"dnd Serve API over HTTP"
             ) from None
 
+    def _call(self, method: str, *args: Any) -> Any:
+        def once(timeout: float) -> Any:
+            return getattr(self.handle, method).remote(*args).result(timeout_s=timeout)
+
+        return self._retrying(f"{method} on the {self.where}", once, _replica_gone, _first_line)
+
     def caption(self, images: list) -> list[str]:
-        return list(self.handle.caption.remote(list(images)).result(timeout_s=self.timeout_s))
+        return list(self._call("caption", list(images)))
 
     def generate(self, prompts: list[str], seeds: list[int]) -> list[Generated]:
-        return list(self.handle.generate.remote(list(prompts), [int(s) for s in seeds]).result(timeout_s=self.timeout_s))
+        return list(self._call("generate", list(prompts), [int(s) for s in seeds]))
+
+
+class _HttpStatus(Exception):
+    """An HTTP error answer, kept with its status and the server's detail for the final message."""
+
+    def __init__(self, code: int, detail: str):
+        super().__init__(f"HTTP {code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+def _retryable_http(exc: Exception) -> bool:
+    if isinstance(exc, _HttpStatus):
+        return exc.code in _RETRY_STATUSES and _MODEL_FAILED not in exc.detail
+    if isinstance(exc, urllib.error.URLError) and not isinstance(exc, urllib.error.HTTPError):
+        exc = exc.reason if isinstance(exc.reason, BaseException) else exc
+    # Refused (the proxy is restarting), reset or closed without an answer (the process serving the
+    # connection died). Timeouts are not retried: the deadline is timeout_s for the whole call.
+    return isinstance(exc, (ConnectionError, http.client.RemoteDisconnected, http.client.BadStatusLine,
+                            http.client.IncompleteRead))
+
+
+def _describe_http(exc: Exception) -> str:
+    if isinstance(exc, _HttpStatus):
+        return str(exc)
+    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    return _first_line(reason) if isinstance(reason, BaseException) else str(reason)
 
 
 class _HttpRemote(_Remote):
@@ -124,24 +242,22 @@ class _HttpRemote(_Remote):
         headers = dict(self.headers)
         if data is not None:
             headers["Content-Type"] = "application/json"
-        request = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)
-        for attempt in range(_RETRIES + 1):
+        url = self.base + path
+
+        def once(timeout: float) -> Any:
+            request = urllib.request.Request(url, data=data, method=method, headers=headers)
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                with urllib.request.urlopen(request, timeout=timeout) as response:
                     return json.loads(response.read())
             except urllib.error.HTTPError as exc:
-                detail = _detail(exc)
-                if exc.code in _RETRY_STATUSES and attempt < _RETRIES:
-                    time.sleep(0.5 * 2**attempt)
-                    continue
-                raise DndError(f"{method} {self.base}{path} answered HTTP {exc.code}: {detail}") from None
-            except (urllib.error.URLError, OSError) as exc:
-                if attempt < _RETRIES:
-                    time.sleep(0.5 * 2**attempt)
-                    continue
-                reason = getattr(exc, "reason", exc)
-                raise DndError(f"{method} {self.base}{path} failed: {reason}") from None
-        raise AssertionError("unreachable")  # pragma: no cover
+                raise _HttpStatus(exc.code, _detail(exc)) from None
+
+        try:
+            return self._retrying(f"{method} {url}", once, _retryable_http, _describe_http)
+        except _HttpStatus as exc:  # not retried: a client error (4xx) or the model failing on this input
+            raise DndError(f"{method} {url} answered HTTP {exc.code}: {exc.detail}") from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            raise DndError(f"{method} {url} failed: {_describe_http(exc)}") from None
 
     def caption(self, images: list) -> list[str]:
         captions: list[str] = []
