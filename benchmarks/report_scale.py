@@ -40,44 +40,51 @@ def scaled_run(source: str, neurons: int, folder: Path) -> str:
     return str(run)
 
 
-def main(argv: list[str] | None = None) -> None:
+def measure(run: str, out: Path) -> dict:
+    """Build ``run``'s report into ``out`` twice (first build, then a rebuild reusing thumbnails) and
+    open it in headless Chromium when one is installed: the figures of this benchmark's JSON line.
+    benchmarks/scale.py measures a real run with it."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from tests.support.chromium import Chromium, find_chromium
 
     from dnd.report.build import build_report
 
+    started = time.perf_counter()
+    index = build_report(run, str(out))
+    first_build = time.perf_counter() - started
+    started = time.perf_counter()
+    build_report(run, str(out))
+    rebuild = time.perf_counter() - started
+    data = out / "data"
+    result = {
+        "build_s": round(first_build, 2), "rebuild_s": round(rebuild, 2),
+        "index_js_bytes": (data / "index.js").stat().st_size, "layer_js_bytes": (data / "layer-0.js").stat().st_size,
+    }
+    binary = find_chromium()
+    if binary:
+        with Chromium(binary) as browser:
+            started = time.perf_counter()
+            browser.open(index)
+            browser.wait_for("document.querySelectorAll('.card').length > 0 && Array.from(document.querySelector('.card')"
+                             ".querySelectorAll('img')).every(i => i.complete && i.naturalWidth > 0)")
+            result["open_to_first_cards_s"] = round(time.perf_counter() - started, 2)
+            result["cards_in_dom"] = browser.evaluate("document.querySelectorAll('.card').length")
+            started = time.perf_counter()
+            browser.evaluate("(() => {const s = document.getElementById('search'); s.value = 'x';"
+                             "s.dispatchEvent(new Event('input')); })()")
+            result["search_s"] = round(time.perf_counter() - started, 3)
+            result["console_errors"] = len(browser.errors)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("run")
     parser.add_argument("--neurons", type=int, default=2000)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         run = scaled_run(args.run, args.neurons, Path(tmp))
-        started = time.perf_counter()
-        index = build_report(run, str(Path(tmp) / "report"))
-        first_build = time.perf_counter() - started
-        started = time.perf_counter()
-        build_report(run, str(Path(tmp) / "report"))
-        rebuild = time.perf_counter() - started
-        data = Path(tmp) / "report" / "data"
-        result = {
-            "neurons": args.neurons, "build_s": round(first_build, 2), "rebuild_s": round(rebuild, 2),
-            "index_js_bytes": (data / "index.js").stat().st_size, "layer_js_bytes": (data / "layer-0.js").stat().st_size,
-        }
-        binary = find_chromium()
-        if binary:
-            with Chromium(binary) as browser:
-                started = time.perf_counter()
-                browser.open(index)
-                browser.wait_for("document.querySelectorAll('.card').length > 0 && Array.from(document.querySelector('.card')"
-                                 ".querySelectorAll('img')).every(i => i.complete && i.naturalWidth > 0)")
-                result["open_to_first_cards_s"] = round(time.perf_counter() - started, 2)
-                result["cards_in_dom"] = browser.evaluate("document.querySelectorAll('.card').length")
-                started = time.perf_counter()
-                browser.evaluate("(() => {const s = document.getElementById('search'); s.value = 'x';"
-                                 "s.dispatchEvent(new Event('input')); })()")
-                result["search_s"] = round(time.perf_counter() - started, 3)
-                result["console_errors"] = len(browser.errors)
-        print(json.dumps(result))
+        print(json.dumps({"neurons": args.neurons, **measure(run, Path(tmp) / "report")}))
 
 
 if __name__ == "__main__":

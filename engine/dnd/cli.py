@@ -83,32 +83,40 @@ def _cmd_layers(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
+    import pyarrow.compute as pc
+
     from dnd.errors import ConfigError
     from dnd.results import Results
     from dnd.store.layout import RunLayout
+    from dnd.store.neurons import read_neurons
 
     compared = RunLayout(args.uri).read_json("_COMPARE")
     if compared is not None:
         runs = ", ".join(compared.get("runs", {}).values())
         raise ConfigError(f"{args.uri!r} holds a comparison of several runs (dnd compare); show one of them: {runs}")
-    frame = Results(args.uri).neurons
+    # Only the columns printed, and only the shown rows made into Python objects: a run of 37k neurons
+    # has megabytes of crops, captions and candidates that show never prints.
+    table = read_neurons(Results(args.uri).layout, ["layer", "neuron", "status", "label", "top_images", "faithfulness"])
     if args.layer:
-        frame = frame[frame["layer"] == args.layer]
-    shown = frame.head(args.limit)
-    for row in shown.itertuples():
+        table = table.filter(pc.equal(table["layer"], args.layer))
+    total = table.num_rows
+    stop = args.limit if args.limit >= 0 else max(total + args.limit, 0)  # as pandas' head(limit) counts
+    # Plain rows, not pandas: importing pandas alone takes longer than reading the table.
+    shown = table.slice(0, stop).to_pylist()
+    for row in shown:
         tops = ", ".join(
-            f"{t['image_id'][:8]}{'*' if t['is_crop'] else ''}={t['activation']:.3g}" for t in list(row.top_images)[:3]
+            f"{t['image_id'][:8]}{'*' if t['is_crop'] else ''}={t['activation']:.3g}" for t in list(row["top_images"])[:3]
         )
-        label = row.label if isinstance(row.label, str) else "-"
+        label = row["label"] if isinstance(row["label"], str) else "-"
         # After dnd score: how faithful the label is over the whole probing set.
-        scores = getattr(row, "faithfulness", None)
+        scores = row.get("faithfulness")
         faithful = ""
         if isinstance(scores, dict):
             shown_scores = [f"{name}={scores[name]:.2f}" for name in ("correlation", "auprc") if scores.get(name) is not None]
             faithful = f"  [{' '.join(shown_scores) or 'undefined'} vs {scores.get('concepts')}]"
-        print(f"{row.layer:<24} {row.neuron:>6}  {row.status:<7} {label:<36} {tops}{faithful}")
-    if len(frame) > len(shown):
-        print(f"... {len(frame) - len(shown)} more rows (--limit)")
+        print(f"{row['layer']:<24} {row['neuron']:>6}  {row['status']:<7} {label:<36} {tops}{faithful}")
+    if total > len(shown):
+        print(f"... {total - len(shown)} more rows (--limit)")
     return 0
 
 

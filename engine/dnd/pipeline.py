@@ -2,7 +2,7 @@
 
 validate (model, layers, neurons, probe, output, keys) → Step 1 (pass A: top-K; pass B: attention crops) →
 Step 2A (captions) → Step 2B (candidate concepts) → Step 3 (generation, scoring, labels) →
-neurons/ Parquet → _SUCCESS (written last).
+neurons/ Parquet (in parts, dnd.store.neurons) → _SUCCESS (written last).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from dnd.config import RunConfig, load_config, resolve_neurons
 from dnd.errors import ConfigError
-from dnd.records import LayerPlan, NeuronCrop, NeuronRow, Step1Result, TopImage, neurons_table
+from dnd.records import LayerPlan, NeuronCrop, NeuronRow, Step1Result, TopImage
 from dnd.stage_errors import named_stage
 
 if TYPE_CHECKING:
@@ -113,6 +113,7 @@ def dissect(config: RunConfig, log: Callable[[str], None] | None = None, overwri
     from dnd.probe.sources import plan_reads
     from dnd.results import Results
     from dnd.store.layout import RunLayout
+    from dnd.store.neurons import write_neurons
 
     log = log or _log_to_stderr
     load_backends()
@@ -150,8 +151,10 @@ def dissect(config: RunConfig, log: Callable[[str], None] | None = None, overwri
         timings[f"{stage.__name__}_s"] = time.time() - stage_started
         extra.update(stage_counts or {})
 
-    layout.remove("neurons")
-    layout.write_table(neurons_table(rows), "neurons", "part-00000.parquet")
+    # In parts streamed from the rows, never as one table: see dnd.store.neurons.
+    writing_started = time.time()
+    write_neurons(layout, rows)
+    timings["neurons_write_s"] = time.time() - writing_started
     if config.faithfulness is not None:
         # Scored from the written table, as dnd score scores a finished run.
         from dnd.faithfulness.score import score_run
@@ -190,6 +193,7 @@ def step1_once(config: RunConfig, layers: list[Any], read_tasks: list[Any], layo
     """Step 1's result and whether an earlier attempt of this run had finished it (its checkpoint)."""
     from dnd.activations.checkpoint import load_step1, save_step1, step1_digest
     from dnd.activations.progress import PassAProgress
+    from dnd.cropping.progress import PassBProgress
 
     step1_key = step1_digest(config)
     if layout.shares_step1:
@@ -203,6 +207,7 @@ def step1_once(config: RunConfig, layers: list[Any], read_tasks: list[Any], layo
         step1 = run_step1(config, layers, read_tasks, layout, log, step1_key)
     save_step1(layout.step1, step1_key, step1)
     PassAProgress.discard(layout.step1, step1_key)
+    PassBProgress.discard(layout.step1, step1_key)
     return step1, False
 
 
@@ -231,6 +236,7 @@ def run_step1(config: RunConfig, layers: list[Any], read_tasks: list[Any], layou
     ``step1_key``: Step 1's digest, which names pass A's progress saves."""
     from dnd.activations.progress import PassAProgress
     from dnd.activations.step1 import CropMerger, crop_requests, run_pass_a
+    from dnd.cropping.progress import PassBProgress
     from dnd.cropping.stage import run_pass_b
     from dnd.store.activations import ActivationWriter
 
@@ -248,7 +254,12 @@ def run_step1(config: RunConfig, layers: list[Any], read_tasks: list[Any], layou
     kept_counts = kept.close() if kept is not None else None
     merger = CropMerger(layers, found.topk, step1.top_k, step1.linear_crops, step1.crop_scope)
     requests = crop_requests(layers, found.topk, found.probe, step1.linear_crops)
-    cropped = run_pass_b(config, layers, found.probe, requests, layout, merger.add)
+    pass_b = PassBProgress(layout.step1, step1_key, config.output.checkpoint_images, config.output.checkpoint_seconds,
+                           merger)
+    if pass_b.saved is not None:
+        log(f"step 1: pass B resumes from its last save: {len(pass_b.saved['done'])} of {len(requests)} top images "
+            "cropped and scored")
+    cropped = run_pass_b(config, layers, found.probe, requests, layout, merger.add, progress=pass_b)
     for ref, error in cropped.unreadable:
         found.skip("unreadable on second read", f"{ref}: {error}")
     log(f"step 1: {len(found.probe)} top images re-read once each, {cropped.crop_count} attention crops scored")
@@ -262,6 +273,8 @@ def run_step1(config: RunConfig, layers: list[Any], read_tasks: list[Any], layou
         "target_forward_images": found.images_used + len(found.probe) + cropped.crop_count,
         # Images an earlier attempt of pass A had run through the target before its last save.
         "pass_a_restored_images": found.restored,
+        # Top images and crops an earlier attempt of pass B had run through the target likewise.
+        "pass_b_restored_images": cropped.resumed + cropped.resumed_crops,
     }
     if kept_counts is not None:
         counts["activations_kept"] = kept_counts
@@ -280,7 +293,7 @@ def model_calls(step1: Step1Result, step1_resumed: bool, extra: dict[str, Any]) 
     parsimony = extra.get("parsimony") or {}
     return {
         "target_probe_images": 0 if step1_resumed else int(step1.counts.get("target_forward_images", 0))
-        - int(step1.counts.get("pass_a_restored_images", 0)),
+        - int(step1.counts.get("pass_a_restored_images", 0)) - int(step1.counts.get("pass_b_restored_images", 0)),
         "captioner_images": misses(extra.get("captions")),
         "summarizer_requests": misses(extra.get("concepts")),
         "generator_images": misses(extra.get("generation")) + misses(parsimony.get("generation")),

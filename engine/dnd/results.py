@@ -30,7 +30,9 @@ class Results:
 
     @cached_property
     def neurons(self):
-        return self.layout.read_table("neurons").to_pandas()
+        from dnd.store.neurons import read_neurons
+
+        return read_neurons(self.layout).to_pandas()  # every part, in row order
 
     def images(self, ids: list[str] | None = None):
         """The images table (probe top images and crops) as pandas, optionally only ``ids``."""

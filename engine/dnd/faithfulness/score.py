@@ -3,13 +3,14 @@
 Reads the run's kept activations (Step 1, ``activations/``) and ``neurons/``, asks the concept source
 for one vector per unique explanation, scores every (neuron, explanation) pair layer by layer with
 :func:`dnd.faithfulness.metrics.score_pairs`, and writes a ``faithfulness`` struct into each row
-(its label's scores) and into each candidate. The run's ``_SUCCESS`` gains a summary.
+(its label's scores) and into each candidate, one ``neurons/`` part at a time. The run's ``_SUCCESS``
+gains a summary.
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from dnd.store.layout import RunLayout
 
 
-def _explanations(rows: list[dict[str, Any]]) -> list[str]:
+def _explanations(rows: Iterable[dict[str, Any]]) -> list[str]:
     seen: dict[str, None] = {}
     for row in rows:
         if row.get("label"):
@@ -46,8 +47,10 @@ def _layer_summary(label_scores: list[dict[str, float | None]], metrics: list[st
 
 
 def score_run(layout: RunLayout, config: RunConfig, spec: FaithfulnessConfig, log: Callable[[str], None]) -> dict[str, Any]:
-    """Score ``layout``'s run with ``spec``; rewrite its ``neurons/`` and return the summary for ``_SUCCESS``."""
+    """Score ``layout``'s run with ``spec``; rewrite its ``neurons/`` part by part and return the summary
+    for ``_SUCCESS``."""
     from dnd.store.activations import read_activations
+    from dnd.store.neurons import iter_neurons, rewrite_neurons
 
     started = time.time()
     kept = read_activations(layout.step1)
@@ -56,8 +59,9 @@ def score_run(layout: RunLayout, config: RunConfig, spec: FaithfulnessConfig, lo
             f"run {layout.uri!r} kept no activations, and faithfulness needs every probe image's: rerun it with "
             "step1.keep_activations: true (or a faithfulness section); Step 1 runs again, later steps come from the cache"
         )
-    rows = layout.read_table("neurons").to_pylist()
-    explanations = _explanations(rows)
+
+    # Explanations first, from two columns of each part: the concept source answers for all at once.
+    explanations = _explanations(row for part in iter_neurons(layout, ["label", "candidates"]) for row in part.to_pylist())
     images = ProbeImages(kept.image_ids, kept.refs, kept.sources)
     source = build_source(spec.concepts, spec.options)
     log(f"faithfulness: {len(explanations)} explanations x {len(images.image_ids)} probe images from concepts {spec.concepts!r}")
@@ -68,45 +72,55 @@ def score_run(layout: RunLayout, config: RunConfig, spec: FaithfulnessConfig, lo
     index = {text: t for t, text in enumerate(explanations)}
     metrics = list(spec.metrics)
     unscored: dict[str, int] = {}
-    per_layer: dict[str, Any] = {}
-    by_layer: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        row["faithfulness"] = None
-        for candidate in row.get("candidates") or []:
-            candidate["faithfulness"] = None
-        by_layer.setdefault(row["layer"], []).append(row)
-    for layer, layer_rows in by_layer.items():
-        if layer not in kept.layers:
-            unscored["layer without kept activations"] = unscored.get("layer without kept activations", 0) + len(layer_rows)
-            continue
-        position = {neuron: j for j, neuron in enumerate(kept.layers[layer])}
-        pairs: list[tuple[dict[str, Any], str | None, int, int]] = []  # (row, candidate index or None, neuron, text)
-        for row in layer_rows:
-            if not row.get("label"):
-                unscored["no label"] = unscored.get("no label", 0) + 1
+    label_scores: dict[str, list[dict[str, float | None]]] = {}  # layer -> its labels' scores, over every part
+    matrix: dict[str, np.ndarray] = {}  # the current layer's activations only: parts hold one layer each, in order
+
+    def score_part(rows: list[dict[str, Any]]) -> None:
+        """Score one part's rows in place; a pair's scores depend on its neuron and text only, so a
+        layer scored part by part gets the figures it would get at once."""
+        by_layer: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            row["faithfulness"] = None
+            for candidate in row.get("candidates") or []:
+                candidate["faithfulness"] = None
+            by_layer.setdefault(row["layer"], []).append(row)
+        for layer, layer_rows in by_layer.items():
+            if layer not in kept.layers:
+                reason = "layer without kept activations"
+                unscored[reason] = unscored.get(reason, 0) + len(layer_rows)
                 continue
-            if row["neuron"] not in position:
-                unscored["neuron without kept activations"] = unscored.get("neuron without kept activations", 0) + 1
+            position = {neuron: j for j, neuron in enumerate(kept.layers[layer])}
+            pairs: list[tuple[dict[str, Any], int | None, int, int]] = []  # (row, candidate index or None, neuron, text)
+            for row in layer_rows:
+                if not row.get("label"):
+                    unscored["no label"] = unscored.get("no label", 0) + 1
+                    continue
+                if row["neuron"] not in position:
+                    unscored["neuron without kept activations"] = unscored.get("neuron without kept activations", 0) + 1
+                    continue
+                j = position[row["neuron"]]
+                pairs.append((row, None, j, index[row["label"]]))
+                for c, candidate in enumerate(row.get("candidates") or []):
+                    pairs.append((row, c, j, index[candidate["concept"]]))
+            if not pairs:
                 continue
-            j = position[row["neuron"]]
-            pairs.append((row, None, j, index[row["label"]]))
-            for c, candidate in enumerate(row.get("candidates") or []):
-                pairs.append((row, c, j, index[candidate["concept"]]))
-        if not pairs:
-            continue
-        values = score_pairs(kept.matrix(layer), vectors.soft, np.array([p[2] for p in pairs]),
-                             np.array([p[3] for p in pairs]), alpha=spec.alpha, metrics=tuple(metrics),
-                             present=vectors.present)
-        label_scores = []
-        for p, (row, c, _, _) in enumerate(pairs):
-            scores = _scores(values, p)
-            if c is None:
-                row["faithfulness"] = {"concepts": spec.concepts, **{name: scores.get(name) for name in metrics}}
-                label_scores.append(scores)
-            else:
-                row["candidates"][c]["faithfulness"] = scores
-        per_layer[layer] = _layer_summary(label_scores, metrics)
-    _rewrite_neurons(layout, rows)
+            if layer not in matrix:
+                matrix.clear()
+                matrix[layer] = kept.matrix(layer)
+            values = score_pairs(matrix[layer], vectors.soft, np.array([p[2] for p in pairs]),
+                                 np.array([p[3] for p in pairs]), alpha=spec.alpha, metrics=tuple(metrics),
+                                 present=vectors.present)
+            for p, (row, c, _, _) in enumerate(pairs):
+                scores = _scores(values, p)
+                if c is None:
+                    row["faithfulness"] = {"concepts": spec.concepts, **{name: scores.get(name) for name in metrics}}
+                    label_scores.setdefault(layer, []).append(scores)
+                else:
+                    row["candidates"][c]["faithfulness"] = scores
+
+    # Each part is read, scored and written back on its own, so no more than one part is in memory.
+    rewrite_neurons(layout, score_part)
+    per_layer = {layer: _layer_summary(scores, metrics) for layer, scores in label_scores.items()}
     absent = int((vectors.present.sum(axis=1) == 0).sum())
     summary = {
         "concepts": spec.concepts, "metrics": metrics, "alpha": spec.alpha,
@@ -148,21 +162,6 @@ def concept_vectors(uri: str, concepts: str, explanations: list[str], options: d
     vectors = build_source(concepts, options).vectors(explanations, images,
                                                       ScoringContext(config, layout, log or (lambda m: None)))
     return kept, vectors
-
-
-def _rewrite_neurons(layout: RunLayout, rows: list[dict[str, Any]]) -> None:
-    """Replace ``neurons/`` with ``rows``: written beside the old part first, so a crash keeps one whole table."""
-    import pyarrow as pa
-
-    from dnd.records import neurons_schema
-
-    table = pa.Table.from_pylist(rows, schema=neurons_schema())
-    final = layout.path("neurons", "part-00000.parquet")
-    others = [f for f in layout.fs.find(layout.neurons) if f.endswith(".parquet") and f.rstrip("/") != final]
-    temporary = layout.write_table(table, "neurons", "part-00000.parquet.tmp")  # not read as a part
-    layout.fs.mv(temporary, final)  # replaces the old part in one step
-    for name in others:  # a run written in several parts is now one
-        layout.fs.rm(name)
 
 
 def score(uri: str, concepts: str, metrics: list[str] | None = None, alpha: float | None = None,

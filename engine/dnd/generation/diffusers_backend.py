@@ -22,6 +22,19 @@ TINY_STEPS = 2
 #: An output no brighter than this everywhere is black: what Stable Diffusion's safety checker
 #: substitutes, and what NaNs in half precision decode to.
 _BLACK_LEVEL = 3
+#: What ``dtype: auto`` means per device type: Stable Diffusion's usual half precision on CUDA,
+#: where it halves memory and runs on the tensor cores with no visible change in the images (the
+#: black-output check below catches the rare NaN); full precision elsewhere, since CPUs gain nothing
+#: from float16 and ``resolve_dtype`` refuses it there.
+AUTO_DTYPE = {"cuda": "float16"}
+
+
+def concrete_dtype(dtype: str, device: str) -> str:
+    """The dtype name ``dtype`` stands for on ``device`` (a resolved device such as "cuda:0" or
+    "cpu"): ``auto`` becomes :data:`AUTO_DTYPE`'s choice, other names stay as they are."""
+    if dtype != "auto":
+        return dtype
+    return AUTO_DTYPE.get(device.split(":")[0], "float32")
 
 
 @GENERATORS.register("diffusers")
@@ -33,13 +46,13 @@ class DiffusersGenerator:
         self,
         model: str = DEFAULT_MODEL,
         device: str = "auto",
-        dtype: str = "float32",
+        dtype: str = "auto",
         steps: int | None = None,
         guidance_scale: float = 7.5,
         scheduler: str | None = None,
         height: int | None = None,
         width: int | None = None,
-        batch_size: int = 4,
+        batch_size: int | None = None,
         safety: bool = True,
     ):
         self.model_name = model_name(model)
@@ -53,13 +66,18 @@ class DiffusersGenerator:
         self.guidance_scale = float(guidance_scale)
         self.height = None if height is None else positive_int("height", height)
         self.width = None if width is None else positive_int("width", width)
-        self.batch_size = positive_int("batch_size", batch_size)
+        # None: each call runs whole, so the stage's generator.batch_size (images from several
+        # concepts) is one pipeline call; a number caps a call's images to bound the pipeline's memory.
+        self.batch_size = None if batch_size is None else positive_int("batch_size", batch_size)
         if not isinstance(safety, bool):
             raise ConfigError(f"safety must be true or false, got {safety!r}")
         self.safety = safety
         scheduler_class = _scheduler_class(scheduler)  # checked before the slow load
         self.scheduler = scheduler
         self.device = resolve_device(device)
+        # The name actually run, so that cache_key (the Serve deployment's identity) says float16
+        # when "auto" ran in half precision, and float32 — as before "auto" existed — on the CPU.
+        dtype = concrete_dtype(dtype, self.device)
         self.dtype = dtype
         torch_dtype = resolve_dtype(dtype, self.device)
 
@@ -80,6 +98,18 @@ class DiffusersGenerator:
             f"|guidance_scale={self.guidance_scale}|scheduler={scheduler or 'default'}"
             f"|height={self.height or 'default'}|width={self.width or 'default'}|safety={safety}"
         )
+
+    @staticmethod
+    def planned_options(options: dict[str, Any], device: str) -> dict[str, Any]:
+        """``options`` as they decide the images on ``device`` ("cpu" or "cuda", planned by the
+        stage before any actor exists), with ``dtype`` always named: ``auto`` (the default, or
+        absent) becomes the dtype it runs in there. Step 3 keys its cache and builds its actors from
+        the result, so a float16 image never answers for a float32 request, while options that
+        differ only in how they say float32 (none, ``auto`` on the CPU, ``float32``) share images."""
+        planned = dict(options)
+        dtype = planned.get("dtype", "auto")
+        planned["dtype"] = concrete_dtype(dtype, device) if isinstance(dtype, str) else dtype
+        return planned
 
     @property
     def size_multiple(self) -> int:
@@ -118,11 +148,12 @@ class DiffusersGenerator:
         width = self.width if width is None else positive_int("width", width)
         self._check_size(height, width)
         results: list[Generated] = []
-        for start in range(0, len(prompts), self.batch_size):
+        step = self.batch_size or max(1, len(prompts))
+        for start in range(0, len(prompts), step):
             results.extend(
                 self._generate_batch(
-                    prompts[start : start + self.batch_size],
-                    seeds[start : start + self.batch_size],
+                    prompts[start : start + step],
+                    seeds[start : start + step],
                     steps,
                     height,
                     width,

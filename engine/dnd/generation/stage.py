@@ -24,10 +24,39 @@ if TYPE_CHECKING:
     from dnd.store.layout import RunLayout
 
 
+def planned_device(stage: Any) -> str:
+    """"cuda" or "cpu": where the stage's actors will run their model, decided as
+    ``build_stage_backend`` decides it (``auto`` is the GPU only when the pool asks Ray for one).
+    A device the options name wins; an explicit ``auto`` there counts as the GPU on the same rule,
+    so the plan never assumes a GPU that a CPU actor would not have."""
+    device = stage.options.get("device") or getattr(stage, "device", None) or "auto"
+    if not isinstance(device, str):
+        return "cpu"  # a wrong value fails in the backend's own check, with its message
+    if device == "auto":
+        return "cuda" if getattr(stage, "num_gpus", 0) > 0 else "cpu"
+    return device.split(":")[0]
+
+
+def planned_stage(stage: Any) -> Any:
+    """``stage`` with its options as they will decide the images: a backend may resolve an option
+    by device (the diffusers backend's ``dtype: auto``: float16 on CUDA, float32 elsewhere) through
+    a ``planned_options(options, device)`` of its factory. The cache key and the actors both use
+    the result, so what is cached is exactly what was run."""
+    from dnd.backends import load_backends
+    from dnd.generation.base import GENERATORS
+
+    load_backends()
+    plan = getattr(GENERATORS.get(stage.backend), "planned_options", None)
+    if not callable(plan):
+        return stage
+    return stage.model_copy(update={"options": plan(dict(stage.options), planned_device(stage))})
+
+
 def generator_key(stage: Any) -> str:
     from dnd.generation.base import GENERATORS
     from dnd.registry import backend_code_digest, backend_identity
 
+    stage = planned_stage(stage)
     remote = backend_identity(GENERATORS, stage)
     return content_key("generate", stage.backend, backend_code_digest(GENERATORS, stage.backend),
                        json.dumps(stage.options, sort_keys=True, default=str), *([remote] if remote else []))
@@ -98,7 +127,7 @@ def run_generation(config: RunConfig, concepts: list[str], layout: RunLayout, lo
 
     from dnd.models.pools import actor_pool_options
 
-    stage = config.generator
+    stage = planned_stage(config.generator)
     started = time.time()
     model_key = generator_key(stage)
     q = stage.images_per_concept

@@ -77,7 +77,9 @@ def read_run(uri: str, storage_options: dict | None = None, meta: dict[str, dict
 
     layout = Results(uri, storage_options).layout
     manifest = layout.read_json("_SUCCESS") or {}
-    table = layout.read_table("neurons")
+    from dnd.store.neurons import read_neurons
+
+    table = read_neurons(layout)
     frame = None if table is None else table.to_pandas()
     if frame is None or len(frame) == 0:
         raise StorageError(f"run {uri!r} has no neuron rows to report")
