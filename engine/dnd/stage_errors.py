@@ -25,19 +25,26 @@ _FINAL_LINE = re.compile(r"^(?P<type>[A-Za-z_][\w.]*(?:Error|Exception)): (?P<me
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def dnd_error_inside(exc: BaseException) -> DndError | None:
-    """The DndError that caused ``exc``: through ``cause`` / ``__cause__`` / ``__context__``, or
-    named by the traceback text Ray carries for an actor that died in its constructor."""
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and everything behind it: Ray's ``cause`` (a RayTaskError's original), ``__cause__``
+    and ``__context__``, each once."""
     seen: set[int] = set()
-    stack = [exc]
+    stack: list[BaseException | None] = [exc]
     while stack:
         current = stack.pop()
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
+        yield current
+        stack.extend([getattr(current, "cause", None), current.__cause__, current.__context__])
+
+
+def dnd_error_inside(exc: BaseException) -> DndError | None:
+    """The DndError that caused ``exc``: through ``cause`` / ``__cause__`` / ``__context__``, or
+    named by the traceback text Ray carries for an actor that died in its constructor."""
+    for current in _causes(exc):
         if isinstance(current, DndError):
             return current
-        stack.extend([getattr(current, "cause", None), current.__cause__, current.__context__])
     final = _final_line(exc)
     if final is not None and final[0].startswith("dnd.errors."):
         kind = getattr(errors, final[0].rsplit(".", 1)[-1], DndError)
@@ -60,23 +67,17 @@ LOST_WORK = ("NodeDiedError", "LocalRayletDiedError", "WorkerCrashedError", "Act
              "ObjectLostError", "OwnerDiedError", "ObjectFetchTimedOutError", "ObjectReconstructionFailedError",
              "ObjectReconstructionFailedMaxAttemptsExceededError", "ObjectReconstructionFailedLineageEvictedError",
              "OutOfMemoryError")
-_LOST_NAME = re.compile(r"\b(" + "|".join(sorted(LOST_WORK, key=len, reverse=True)) + r")\b")
+# In text, only Ray's own: a torch.OutOfMemoryError in a batch's traceback is the stage's to handle.
+_LOST_NAME = re.compile(r"\bray\.exceptions\.(" + "|".join(sorted(LOST_WORK, key=len, reverse=True)) + r")\b")
 
 
 def lost_to_the_cluster(exc: BaseException) -> str | None:
     """The name of the Ray error saying ``exc`` came from lost work (a dead node, worker or object),
     found in its chain of causes or in the text Ray carries for it; None for anything else."""
-    seen: set[int] = set()
-    stack = [exc]
-    while stack:
-        current = stack.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
+    for current in _causes(exc):
         for kind in type(current).__mro__:
             if kind.__name__ in LOST_WORK and kind.__module__.startswith("ray"):
                 return kind.__name__
-        stack.extend([getattr(current, "cause", None), current.__cause__, current.__context__])
     found = _LOST_NAME.search(_ANSI.sub("", str(exc)))
     return found.group(1) if found else None
 

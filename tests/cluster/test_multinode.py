@@ -151,6 +151,20 @@ def assert_one_line_failure(status, logs, stage):
     return errors[0]
 
 
+def resume_with_a_new_node(head, s3, cluster, prefix, counts, gate, submission_id, reference):
+    """Open the gate, let a replacement node join, and submit the same command again (with the
+    default stall timeout): it must succeed with every neuron once and the undisturbed results."""
+    gate.unlink()
+    cluster.replace()
+    submit(head, s3, prefix, overrides(counts, gate), submission_id, env=JOB_ENV)
+    status, logs = wait_for(head, submission_id)
+    assert status == JobStatus.SUCCEEDED, logs[-4000:]
+    frame, manifest = read_run(s3, prefix)
+    assert_every_neuron_once(frame)
+    assert_same_results(frame, reference["frame"])
+    return logs, manifest
+
+
 def test_node_lost_in_pass_a_fails_in_one_line_and_the_same_command_resumes_from_the_last_save(
         ray_head, s3, cluster, gate_dir, reference):
     prefix = "runs/lost-in-pass-a"
@@ -171,15 +185,8 @@ def test_node_lost_in_pass_a_fails_in_one_line_and_the_same_command_resumes_from
     else:  # or Ray reported the pass's actor lost with the node
         assert "lost a node, worker or object" in line, line
 
-    gate.unlink()
-    cluster.replace()
-    submit(ray_head, s3, prefix, overrides(counts, gate), "dnd-lost-a-2", env=JOB_ENV)
-    status, logs = wait_for(ray_head, "dnd-lost-a-2")
-    assert status == JobStatus.SUCCEEDED, logs[-4000:]
+    logs, manifest = resume_with_a_new_node(ray_head, s3, cluster, prefix, counts, gate, "dnd-lost-a-2", reference)
     assert "pass A resumes from its last save" in logs
-    frame, manifest = read_run(s3, prefix)
-    assert_every_neuron_once(frame)
-    assert_same_results(frame, reference["frame"])
     full = reference["manifest"]
     restored = manifest["counts"]["pass_a_restored_images"]
     assert SAVE_EVERY <= restored <= HOLD_PASS_A_AT
@@ -206,15 +213,8 @@ def test_node_lost_in_step_3_fails_in_one_line_and_the_same_command_resumes_with
     persisted = persisted_entries(s3, prefix)
     assert persisted["captions"] > 0 and persisted["concepts"] > 0 and persisted["generated"] > 0
 
-    gate.unlink()
-    cluster.replace()
-    submit(ray_head, s3, prefix, overrides(counts, gate), "dnd-lost-3-2", env=JOB_ENV)
-    status, logs = wait_for(ray_head, "dnd-lost-3-2")
-    assert status == JobStatus.SUCCEEDED, logs[-4000:]
+    logs, manifest = resume_with_a_new_node(ray_head, s3, cluster, prefix, counts, gate, "dnd-lost-3-2", reference)
     assert "resuming the unfinished run" in logs
-    frame, manifest = read_run(s3, prefix)
-    assert_every_neuron_once(frame)
-    assert_same_results(frame, reference["frame"])
     assert manifest["run"]["step1_from_checkpoint"] and manifest["model_calls"]["target_probe_images"] == 0
     for name, family in CACHES.items():
         # What the lost attempt saved was read back, not asked again: both attempts together asked

@@ -10,7 +10,6 @@ import base64
 import io
 import json
 import os
-import re
 import socket
 import subprocess
 import urllib.error

@@ -105,6 +105,7 @@ def test_work_lost_with_a_node_is_one_line_that_says_the_same_command_resumes():
     # Look-alikes are not lost work: our stand-in class, a bug whose text merely says "died".
     assert lost_to_the_cluster(ActorDiedError("the actor died")) is None
     assert lost_to_the_cluster(ValueError("the node with the parent died")) is None
+    assert lost_to_the_cluster(RuntimeError("torch.OutOfMemoryError: CUDA out of memory")) is None
     with pytest.raises(RayTaskError):  # a bug in a batch keeps its traceback
         with named_stage("step 2B (concepts)"):
             raise RayTaskError("ray::task failed", KeyError("x"))

@@ -53,21 +53,13 @@ class PassAProgress:
             "skip_counts": dict(result.skip_counts), "skipped": {k: list(v) for k, v in result.skipped.items()},
             "done": sorted(done), "taken": {str(t): refs for t, refs in taken.items()}, "kept": kept,
         }
-        arrays["meta"] = np.array(json.dumps(meta))
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
-        write_atomic(self.layout.fs, self.path, buffer.getvalue())
+        write_progress(self.layout, self.path, arrays, meta)
         self._last_images, self._last_time = result.images_read, time.time()
 
     def _load(self) -> dict[str, Any] | None:
-        if not self.layout.fs.exists(self.path):
-            return None
-        with self.layout.fs.open(self.path, "rb") as handle:
-            data = np.load(io.BytesIO(handle.read()), allow_pickle=False)
-            arrays = {name: data[name] for name in data.files}
-        saved = json.loads(str(arrays.pop("meta")))
-        saved["arrays"] = arrays
-        saved["taken"] = {int(t): list(refs) for t, refs in saved["taken"].items()}
+        saved = read_progress(self.layout, self.path)
+        if saved is not None:
+            saved["taken"] = {int(t): list(refs) for t, refs in saved["taken"].items()}
         return saved
 
     def restore(self, result: PassA, seen: dict[int, ProbeImage], per_source: dict[str, int]) -> tuple[set[int], dict[int, list[str]]]:
@@ -95,10 +87,33 @@ class PassAProgress:
     @staticmethod
     def discard(layout: RunLayout, digest: str) -> None:
         """Step 1 finished: its own checkpoint supersedes pass A's progress."""
-        path = layout.path(CHECKPOINT_DIR, progress_name(digest))
-        if layout.fs.exists(path):
-            layout.fs.rm(path)
+        discard_progress(layout, layout.path(CHECKPOINT_DIR, progress_name(digest)))
 
 
 def progress_name(digest: str) -> str:
     return f"step1-{digest}-pass-a.npz"
+
+
+# A pass's progress save, for pass A and pass B alike: named arrays and a JSON ``meta`` in one .npz,
+# written whole or not at all.
+def write_progress(layout: RunLayout, path: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays, meta=np.array(json.dumps(meta)))
+    write_atomic(layout.fs, path, buffer.getvalue())
+
+
+def read_progress(layout: RunLayout, path: str) -> dict[str, Any] | None:
+    """The ``meta`` of the save at ``path`` with its arrays under "arrays"; None when there is none."""
+    if not layout.fs.exists(path):
+        return None
+    with layout.fs.open(path, "rb") as handle:
+        data = np.load(io.BytesIO(handle.read()), allow_pickle=False)
+        arrays = {name: data[name] for name in data.files}
+    saved = json.loads(str(arrays.pop("meta")))
+    saved["arrays"] = arrays
+    return saved
+
+
+def discard_progress(layout: RunLayout, path: str) -> None:
+    if layout.fs.exists(path):
+        layout.fs.rm(path)

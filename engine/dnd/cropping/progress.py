@@ -15,15 +15,13 @@ not finished to the actors, so every crop is cut, scored and stored once.
 
 from __future__ import annotations
 
-import io
-import json
 import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dnd.activations.checkpoint import CHECKPOINT_DIR
-from dnd.store.fs import write_atomic
+from dnd.activations.progress import discard_progress, read_progress, write_progress
 
 if TYPE_CHECKING:
     from dnd.activations.step1 import CropMerger
@@ -58,21 +56,11 @@ class PassBProgress:
             "crop_activations": [[layer, position, [[int(k), float(v)] for k, v in pairs]]
                                  for (layer, position), pairs in self.merger.crop_activations.items()],
         }
-        arrays["meta"] = np.array(json.dumps(meta))
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
-        write_atomic(self.layout.fs, self.path, buffer.getvalue())
+        write_progress(self.layout, self.path, arrays, meta)
         self._last_images, self._last_time = len(done), time.time()
 
     def _load(self) -> dict[str, Any] | None:
-        if not self.layout.fs.exists(self.path):
-            return None
-        with self.layout.fs.open(self.path, "rb") as handle:
-            data = np.load(io.BytesIO(handle.read()), allow_pickle=False)
-            arrays = {name: data[name] for name in data.files}
-        saved = json.loads(str(arrays.pop("meta")))
-        saved["arrays"] = arrays
-        return saved
+        return read_progress(self.layout, self.path)
 
     def restore(self, result: PassB) -> tuple[set[str], list[str]]:
         """Put the saved state into the merger and ``result``; returns the finished top images (ids)
@@ -99,9 +87,7 @@ class PassBProgress:
     @staticmethod
     def discard(layout: RunLayout, digest: str) -> None:
         """Step 1 finished: its own checkpoint supersedes pass B's progress."""
-        path = layout.path(CHECKPOINT_DIR, progress_name(digest))
-        if layout.fs.exists(path):
-            layout.fs.rm(path)
+        discard_progress(layout, layout.path(CHECKPOINT_DIR, progress_name(digest)))
 
 
 def progress_name(digest: str) -> str:
