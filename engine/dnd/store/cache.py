@@ -12,7 +12,7 @@ import hashlib
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from dnd.store.fs import join, url_to_fs, write_atomic
 
@@ -55,26 +55,33 @@ class ContentCache:
             return []
         return sorted(f for f in self.fs.find(self.path) if f.endswith(".parquet"))
 
-    def lookup(self, keys: Iterable[str], columns: list[str] | None = None) -> dict[str, dict[str, Any]]:
-        """Cached rows for ``keys``; counts hits and misses."""
+    def _matching(self, wanted: set[str], columns: list[str] | None) -> Iterator[Any]:
+        """Each part's rows whose key is in ``wanted`` (``key`` and ``columns``; None: all), as Arrow tables."""
+        import pyarrow as pa
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
-        wanted = set(keys)
-        found: dict[str, dict[str, Any]] = {}
-        if wanted:
-            import pyarrow as pa
+        if not wanted:
+            return
+        wanted_array = pa.array(sorted(wanted), type=pa.string())
+        for part in self.parts():
+            with self.fs.open(part, "rb") as handle:
+                table = pq.read_table(handle, columns=None if columns is None else ["key", *columns])
+            yield table.filter(pc.is_in(table.column("key"), value_set=wanted_array))
 
-            wanted_array = pa.array(sorted(wanted), type=pa.string())
-            for part in self.parts():
-                with self.fs.open(part, "rb") as handle:
-                    table = pq.read_table(handle, columns=None if columns is None else ["key", *columns])
-                table = table.filter(pc.is_in(table.column("key"), value_set=wanted_array))
-                for row in table.to_pylist():
-                    found.setdefault(row["key"], row)
+    def _counted(self, wanted: set[str], found: dict[str, Any]) -> dict[str, Any]:
         self.stats.hits += len(found)
         self.stats.misses += len(wanted) - len(found)
         return found
+
+    def lookup(self, keys: Iterable[str], columns: list[str] | None = None) -> dict[str, dict[str, Any]]:
+        """Cached rows for ``keys``; counts hits and misses."""
+        wanted = set(keys)
+        found: dict[str, dict[str, Any]] = {}
+        for table in self._matching(wanted, columns):
+            for row in table.to_pylist():
+                found.setdefault(row["key"], row)
+        return self._counted(wanted, found)
 
     def lookup_vectors(self, keys: Iterable[str], column: str) -> dict[str, Any]:
         """Cached float vectors of a list column for ``keys``, as float32 numpy arrays; counts hits and
@@ -82,25 +89,15 @@ class ContentCache:
         two values for every neuron (73,728 for a ViT-B's MLPs); through ``lookup`` each would become a
         Python float of ~32 bytes, 2.4 MB a row."""
         import numpy as np
-        import pyarrow as pa
-        import pyarrow.compute as pc
-        import pyarrow.parquet as pq
 
         wanted = set(keys)
         found: dict[str, Any] = {}
-        if wanted:
-            wanted_array = pa.array(sorted(wanted), type=pa.string())
-            for part in self.parts():
-                with self.fs.open(part, "rb") as handle:
-                    table = pq.read_table(handle, columns=["key", column])
-                table = table.filter(pc.is_in(table.column("key"), value_set=wanted_array))
-                vectors = table.column(column)
-                for i, key in enumerate(table.column("key").to_pylist()):
-                    if key not in found:
-                        found[key] = np.asarray(vectors[i].values.to_numpy(zero_copy_only=False), dtype=np.float32)
-        self.stats.hits += len(found)
-        self.stats.misses += len(wanted) - len(found)
-        return found
+        for table in self._matching(wanted, [column]):
+            vectors = table.column(column)
+            for i, key in enumerate(table.column("key").to_pylist()):
+                if key not in found:
+                    found[key] = np.asarray(vectors[i].values.to_numpy(zero_copy_only=False), dtype=np.float32)
+        return self._counted(wanted, found)
 
     def writer(self) -> "CacheWriter":
         return CacheWriter(self)

@@ -110,12 +110,13 @@ def read_neurons(layout: RunLayout, columns: list[str] | None = None):
 def rewrite_neurons(layout: RunLayout, change: Callable[[list[dict[str, Any]]], Iterable[dict[str, Any]] | None]) -> int:
     """Rewrite ``neurons/`` part by part: ``change`` gets a part's rows as dicts, edits them in
     place (or returns new ones), and the part is written back under its own name. Each part is
-    written beside the old one and then moved over it, and every part keeps its rows, so a crash
+    written whole over the old one (``write_atomic``), and every part keeps its rows, so a crash
     between parts leaves every row exactly once (some rewritten, some not). Returns the rows seen."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from dnd.records import neurons_schema
+    from dnd.store.fs import write_atomic
 
     schema = neurons_schema()
     seen = 0
@@ -124,8 +125,9 @@ def rewrite_neurons(layout: RunLayout, change: Callable[[list[dict[str, Any]]], 
         changed = change(rows)
         rows = rows if changed is None else list(changed)
         seen += len(rows)
-        temporary = path + ".tmp"  # not read as a part: it does not end in .parquet
-        with layout.fs.open(temporary, "wb") as handle:
-            pq.write_table(pa.Table.from_pylist(rows, schema=schema), handle)
-        layout.fs.mv(temporary, path)  # replaces the old part in one step
+        buffer = pa.BufferOutputStream()
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), buffer)
+        # Whole or not at all: on a local disk a temporary file renamed over the part (not read as a
+        # part meanwhile: its name does not end in .parquet), on an object store one upload.
+        write_atomic(layout.fs, path, buffer.getvalue().to_pybytes())
     return seen
